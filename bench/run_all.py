@@ -1,6 +1,7 @@
 """Runs every benchmark of bench/ in its quick form and prints each figure as `name=value`.
 
-Each bench_*.py script accepts `--quick` and prints its figures as `name=value` lines (other lines are
+Each bench_*.py script accepts `--quick` and prints its figures as `name=value` lines (other
+lines are
 progress and tables). The whole run is bounded: 10 minutes at most in all (`--budget-s`).
 """
 import argparse

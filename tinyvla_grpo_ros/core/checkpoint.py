@@ -1,0 +1,77 @@
+"""Checkpoint directory of a policy: round-trips bit-exactly, rejects mismatches by tensor name.
+
+    <dir>/config.json            {"model": ModelConfig, "sampler": SamplerConfig, "meta": {...}}
+    <dir>/model.safetensors      every parameter and buffer (normalization stats included)
+    <dir>/normalization.json     the same stats, human-readable
+    <dir>/adapters/<name>/vNNNN/ adapter versions (see adapters.py)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from . import atomic_io
+from .config import ModelConfig, SamplerConfig
+from .model import TinyVLAPolicy
+
+
+def save_checkpoint(directory: Path, model: TinyVLAPolicy,
+                    sampler_cfg: SamplerConfig | None = None,
+                    meta: dict[str, Any] | None = None) -> Path:
+    directory = Path(directory)
+    (directory / "adapters").mkdir(parents=True, exist_ok=True)
+    atomic_io.write_safetensors(directory / "model.safetensors", model.state_dict())
+    norm = {k: v.tolist() for k, v in model.normalizer.state_dict().items()}
+    atomic_io.write_json(directory / "normalization.json", norm)
+    atomic_io.write_json(directory / "config.json", {
+        "model": model.config.to_dict(),
+        "sampler": (sampler_cfg or SamplerConfig()).to_dict(),
+        "meta": meta or {}})
+    return directory
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor],
+                     what: str) -> None:
+    """Raise ValueError naming every missing, unexpected or wrong-shape tensor."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [f"{k}: file {tuple(found[k].shape)} vs model {tuple(v.shape)}"
+             for k, v in expected.items() if k in found and found[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:5]}"
+                        f"{' ...' if len(unexpected) > 5 else ''}")
+    if wrong:
+        problems.append("shape mismatch " + "; ".join(wrong[:5]))
+    if problems:
+        raise ValueError(f"{what} does not match the model: " + " | ".join(problems))
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a truncated or corrupt file raises ValueError naming the path."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from e
+
+
+def load_checkpoint(directory: Path, map_location: str | torch.device = "cpu"
+                    ) -> tuple[TinyVLAPolicy, SamplerConfig, dict[str, Any]]:
+    directory = Path(directory)
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {directory} (config.json missing)")
+    data = json.loads(cfg_path.read_text())
+    model = TinyVLAPolicy(ModelConfig.from_dict(data["model"]))
+    state = read_safetensors(directory / "model.safetensors")
+    check_state_dict(model.state_dict(), state, f"checkpoint {directory}")
+    model.load_state_dict(state, strict=True)
+    return (model.to(map_location), SamplerConfig.from_dict(data.get("sampler", {})),
+            data.get("meta", {}))

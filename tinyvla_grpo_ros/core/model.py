@@ -1,0 +1,254 @@
+"""TinyVLA-style policy: vision encoder + Pythia-style LM + FiLM 1-D UNet diffusion head.
+
+Notation: B batch, Nc cameras, H x W image, Ds state dim, L text tokens, Ta horizon, Da action dim.
+
+    images (B, Nc, H, W, 3) uint8 ─ vision encoder ─> image tokens (B, Nc*P, D) ┐
+    instruction ─ byte tokenizer ─ LM embeddings ─> text tokens (B, L, D)       ├ GPTNeoX, mean
+    state (B, Ds) ─ normalize ─────────────────────────────────────── concat with (B, D) ─> cond
+    x_k (B, Ta, Da), k ─ ConditionalUnet1D(FiLM on [step embedding, cond]) ─> eps (B, Ta, Da)
+
+The head follows Diffusion Policy's ConditionalUnet1D (Chi et al., 2023); the backbone follows
+TinyVLA (Wen et al., 2024): a LLaVA-style VLM whose pooled features condition a diffusion head.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel, GPTNeoXConfig, GPTNeoXModel
+
+from . import tokenizer
+from .config import ModelConfig
+
+
+@dataclass
+class Observation:
+    """A batch of observations, as the policy consumes them."""
+
+    images: torch.Tensor          # (B, Nc, H, W, 3) uint8
+    state: torch.Tensor           # (B, Ds) float, robot units
+    instruction: list[str]        # B strings
+
+    def to(self, device: torch.device | str) -> Observation:
+        return Observation(self.images.to(device), self.state.to(device), self.instruction)
+
+    def repeat(self, n: int) -> Observation:
+        """Each sample n times in a row: (B, ...) -> (B*n, ...)."""
+        return Observation(self.images.repeat_interleave(n, 0), self.state.repeat_interleave(n, 0),
+                           [s for s in self.instruction for _ in range(n)])
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+class Normalizer(nn.Module):
+    """Actions to [-1, 1] by min/max (Diffusion Policy); state to zero mean, unit std."""
+
+    def __init__(self, action_dim: int, state_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("action_min", -torch.ones(action_dim))
+        self.register_buffer("action_max", torch.ones(action_dim))
+        self.register_buffer("state_mean", torch.zeros(state_dim))
+        self.register_buffer("state_std", torch.ones(state_dim))
+
+    @torch.no_grad()
+    def fit(self, actions: torch.Tensor, states: torch.Tensor) -> None:
+        """actions (N, Da), states (N, Ds) from demonstrations."""
+        lo, hi = actions.min(0).values, actions.max(0).values
+        pad = torch.clamp((hi - lo) * 0.05, min=1e-3)      # headroom so GRPO can go past demos
+        self.action_min.copy_(lo - pad)
+        self.action_max.copy_(hi + pad)
+        self.state_mean.copy_(states.mean(0))
+        self.state_std.copy_(states.std(0).clamp(min=1e-3))
+
+    def normalize_action(self, a: torch.Tensor) -> torch.Tensor:
+        return 2 * (a - self.action_min) / (self.action_max - self.action_min) - 1
+
+    def unnormalize_action(self, a: torch.Tensor) -> torch.Tensor:
+        return (a + 1) / 2 * (self.action_max - self.action_min) + self.action_min
+
+    def normalize_state(self, s: torch.Tensor) -> torch.Tensor:
+        return (s - self.state_mean) / self.state_std
+
+
+class CNNEncoder(nn.Module):
+    """Stride-2 conv stages; each cell of the last feature map is one image token, plus one token
+    of spatial-softmax keypoints (expected x, y per channel; Levine et al. 2016, as in Diffusion
+    Policy's vision encoder), which keeps *where* things are after the LM's pooling."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        layers, c_in = [], 3
+        for c in cfg.cnn_channels:
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(8, c), nn.SiLU()]
+            c_in = c
+        self.net = nn.Sequential(*layers)
+        side = cfg.image_size // 2 ** len(cfg.cnn_channels)
+        self.num_tokens = side * side + 1
+        self.pos = nn.Parameter(torch.randn(1, side * side, c_in) * 0.02)
+        self.proj = nn.Linear(c_in, cfg.lm_hidden)
+        self.keypoints = nn.Conv2d(c_in, c_in, 1)
+        self.keypoint_proj = nn.Linear(2 * c_in, cfg.lm_hidden)
+        coords = torch.linspace(-1, 1, side)
+        gy, gx = torch.meshgrid(coords, coords, indexing="ij")
+        self.register_buffer("grid", torch.stack([gx.flatten(), gy.flatten()], -1),
+                             persistent=False)                             # (h*w, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:   # (B, 3, H, W) -> (B, P, D)
+        fmap = self.net(x)                                 # (B, C, h, w)
+        f = fmap.flatten(2).transpose(1, 2)                # (B, h*w, C)
+        attn = self.keypoints(fmap).flatten(2).softmax(-1)  # (B, C, h*w)
+        kp = (attn @ self.grid).flatten(1)                 # (B, 2C) expected (x, y) per channel
+        return torch.cat([self.proj(f + self.pos), self.keypoint_proj(kp)[:, None]], dim=1)
+
+
+class ViTEncoder(nn.Module):
+    """CLIP ViT built from a config (random init; users load their SFT weights into it)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        vcfg = CLIPVisionConfig(hidden_size=cfg.vit_hidden, num_hidden_layers=cfg.vit_layers,
+                                num_attention_heads=cfg.vit_heads,
+                                intermediate_size=4 * cfg.vit_hidden, image_size=cfg.image_size,
+                                patch_size=cfg.vit_patch)
+        self.vit = CLIPVisionModel(vcfg)
+        self.num_tokens = (cfg.image_size // cfg.vit_patch) ** 2 + 1
+        self.proj = nn.Linear(cfg.vit_hidden, cfg.lm_hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:   # (B, 3, H, W) -> (B, P, D)
+        return self.proj(self.vit(pixel_values=x).last_hidden_state)
+
+
+class SinusoidalPosEmb(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:   # (B,) -> (B, dim)
+        half = self.dim // 2
+        freq = torch.exp(torch.arange(half, device=t.device) * (-math.log(10000) / (half - 1)))
+        arg = t.float()[:, None] * freq[None]
+        return torch.cat([arg.sin(), arg.cos()], dim=-1)
+
+
+class Conv1dBlock(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, k: int, groups: int) -> None:
+        super().__init__(nn.Conv1d(c_in, c_out, k, padding=k // 2), nn.GroupNorm(groups, c_out),
+                         nn.Mish())
+
+
+class ConditionalResidualBlock1D(nn.Module):
+    """Two conv blocks; FiLM (per-channel scale and bias from the condition) between them."""
+
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, k: int, groups: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Conv1dBlock(c_in, c_out, k, groups),
+                                     Conv1dBlock(c_out, c_out, k, groups)])
+        self.film = nn.Linear(cond_dim, 2 * c_out)
+        self.residual = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.blocks[0](x)                                        # (B, C, Ta)
+        scale, bias = self.film(F.mish(cond)).unsqueeze(-1).chunk(2, dim=1)
+        h = self.blocks[1](scale * h + bias)
+        return h + self.residual(x)
+
+
+class ConditionalUnet1D(nn.Module):
+    """Diffusion Policy's 1-D temporal UNet with FiLM conditioning, predicting eps."""
+
+    def __init__(self, cfg: ModelConfig, global_cond_dim: int) -> None:
+        super().__init__()
+        dsed, k, g = cfg.step_embed_dim, cfg.kernel_size, cfg.n_groups
+        self.step_encoder = nn.Sequential(SinusoidalPosEmb(dsed), nn.Linear(dsed, 4 * dsed),
+                                          nn.Mish(), nn.Linear(4 * dsed, dsed))
+        cond_dim = dsed + global_cond_dim
+        dims = [cfg.action_dim, *cfg.down_dims]
+        pairs = list(zip(dims[:-1], dims[1:]))
+        self.down = nn.ModuleList()
+        for i, (a, b) in enumerate(pairs):
+            last = i == len(pairs) - 1
+            self.down.append(nn.ModuleList([
+                ConditionalResidualBlock1D(a, b, cond_dim, k, g),
+                ConditionalResidualBlock1D(b, b, cond_dim, k, g),
+                nn.Conv1d(b, b, 3, 2, 1) if not last else nn.Identity()]))
+        mid = dims[-1]
+        self.mid = nn.ModuleList([ConditionalResidualBlock1D(mid, mid, cond_dim, k, g)
+                                  for _ in range(2)])
+        self.up = nn.ModuleList()
+        for a, b in reversed(pairs[1:]):          # every up level undoes one down-sampling
+            self.up.append(nn.ModuleList([
+                ConditionalResidualBlock1D(2 * b, a, cond_dim, k, g),
+                ConditionalResidualBlock1D(a, a, cond_dim, k, g),
+                nn.ConvTranspose1d(a, a, 4, 2, 1)]))
+        start = cfg.down_dims[0]
+        self.final = nn.Sequential(Conv1dBlock(start, start, k, g),
+                                   nn.Conv1d(start, cfg.action_dim, 1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x (B, Ta, Da), t (B,) int timesteps, cond (B, C) -> eps (B, Ta, Da)."""
+        c = torch.cat([self.step_encoder(t), cond], dim=-1)
+        h, skips = x.transpose(1, 2), []                              # (B, Da, Ta)
+        for res1, res2, down in self.down:
+            h = res2(res1(h, c), c)
+            skips.append(h)
+            h = down(h)
+        for res in self.mid:
+            h = res(h, c)
+        for res1, res2, up in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = up(res2(res1(h, c), c))
+        return self.final(h).transpose(1, 2)
+
+
+class TinyVLAPolicy(nn.Module):
+    """The network: `encode(obs) -> cond` once a chunk, `forward(x_k, t, cond) -> eps` a step."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.normalizer = Normalizer(cfg.action_dim, cfg.state_dim)
+        self.vision = CNNEncoder(cfg) if cfg.vision == "cnn" else ViTEncoder(cfg)
+        self.camera_embed = nn.Parameter(torch.zeros(cfg.num_cameras, 1, cfg.lm_hidden))
+        n_pos = cfg.num_cameras * self.vision.num_tokens + cfg.max_text_tokens
+        lcfg = GPTNeoXConfig(vocab_size=tokenizer.VOCAB_SIZE, hidden_size=cfg.lm_hidden,
+                             num_hidden_layers=cfg.lm_layers, num_attention_heads=cfg.lm_heads,
+                             intermediate_size=cfg.lm_intermediate, max_position_embeddings=n_pos,
+                             rotary_pct=0.25, use_parallel_residual=True)
+        self.lm = GPTNeoXModel(lcfg)
+        self.cond_dim = cfg.lm_hidden + cfg.state_dim
+        self.head = ConditionalUnet1D(cfg, self.cond_dim)
+
+    def encode(self, obs: Observation) -> torch.Tensor:
+        """Observation -> condition (B, D + Ds) for the diffusion head."""
+        cfg = self.config
+        imgs = obs.images
+        if imgs.dim() != 5 or imgs.shape[1] != cfg.num_cameras or imgs.shape[-1] != 3:
+            raise ValueError(f"images must be (B, Nc={cfg.num_cameras}, H, W, 3) uint8, "
+                             f"got {tuple(imgs.shape)}")
+        B, Nc, H, W, _ = imgs.shape
+        x = imgs.reshape(B * Nc, H, W, 3).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        if (H, W) != (cfg.image_size, cfg.image_size):
+            x = F.interpolate(x, size=(cfg.image_size, cfg.image_size), mode="bilinear",
+                              antialias=True, align_corners=False)
+        img_tok = self.vision(x).reshape(B, Nc, -1, cfg.lm_hidden) + self.camera_embed
+        img_tok = img_tok.reshape(B, -1, cfg.lm_hidden)                       # (B, Nc*P, D)
+        ids, mask = tokenizer.encode(obs.instruction, cfg.max_text_tokens)
+        ids, mask = ids.to(imgs.device), mask.to(imgs.device)
+        txt_tok = self.lm.get_input_embeddings()(ids)                         # (B, L, D)
+        tokens = torch.cat([img_tok, txt_tok], dim=1)
+        attn = torch.cat([torch.ones(B, img_tok.shape[1], dtype=mask.dtype, device=mask.device),
+                          mask], dim=1)
+        h = self.lm(inputs_embeds=tokens, attention_mask=attn).last_hidden_state  # (B, N, D)
+        pooled = (h * attn[..., None]).sum(1) / attn.sum(1, keepdim=True)
+        state = self.normalizer.normalize_state(obs.state.to(pooled.dtype))
+        return torch.cat([pooled, state], dim=-1)                             # (B, D + Ds)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.head(x, t, cond)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
