@@ -1,0 +1,235 @@
+"""The GRPO learner: `update(groups) -> UpdateStats` over stored rollouts of one adapter version.
+
+1. advantages per group (zero-variance groups skipped: dynamic sampling), one per episode, given to
+   every chunk of the episode;
+2. `epochs` passes over the chunks in shuffled minibatches; each minibatch is split into
+   micro-batches whose gradients accumulate to exactly the minibatch gradient;
+3. a NaN/inf loss or gradient skips that optimizer step (and says so); gradients are clipped.
+Runs on CUDA when available (config `device="auto"`), CPU otherwise.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .adapters import AdaptedPolicy
+from .grpo import GRPOLossConfig, group_advantages, grpo_loss, step_weights
+from .model import Observation
+from .rollout_store import EpisodeRecord
+from .sampler import DiffusionSampler
+
+
+@dataclass
+class GRPOConfig:
+    """Learner settings; defaults follow the measured toy (DESIGN.md)."""
+
+    group_size: int = 8                 # G rollouts per initial state
+    lr: float = 3e-4                    # Adam on the trainable set
+    epochs: int = 4                     # passes over a batch of groups (PPO-style reuse)
+    minibatch_size: int = 64            # chunks per optimizer step
+    micro_batch_size: int = 64          # chunks per forward/backward (memory knob only)
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    denoise_discount: float = 1.0
+    kl_coef: float = 0.0
+    max_grad_norm: float = 1.0
+    adv_eps: float = 1e-6
+    leave_one_out: bool = False
+    drop_stale: bool = True             # refuse groups of another adapter version
+    device: str = "auto"                # "auto" = cuda if available, else cpu
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(f"GRPO needs group_size >= 2, got {self.group_size}")
+        for name in ("epochs", "minibatch_size", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        self.loss_cfg()  # validates the clip / discount / kl fields
+
+    def loss_cfg(self) -> GRPOLossConfig:
+        return GRPOLossConfig(self.clip_low, self.clip_high, self.denoise_discount, self.kl_coef)
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+@dataclass
+class UpdateStats:
+    loss: float = 0.0
+    clip_fraction: float = 0.0
+    approx_kl: float = 0.0
+    ref_kl: float = 0.0
+    grad_norm: float = 0.0
+    ratio_min: float = 1.0
+    ratio_max: float = 1.0
+    first_ratio_max_dev: float = 0.0    # |ratio - 1| on the first minibatch (0 before any step)
+    groups: int = 0
+    groups_skipped: int = 0             # zero reward variance: no signal
+    skipped_fraction: float = 0.0
+    chunks: int = 0
+    optimizer_steps: int = 0
+    nonfinite_steps_skipped: int = 0
+    mean_reward: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Batch:
+    """Chunks of all episodes: obs, chains (N, K'+1, Ta, Da), logp_old (N, K'), adv (N,)."""
+
+    obs: Observation
+    chains: torch.Tensor
+    logp_old: torch.Tensor
+    executed: torch.Tensor
+    advantages: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.chains.shape[0]
+
+    def select(self, idx: torch.Tensor) -> Batch:
+        il = idx.tolist()
+        return Batch(Observation(self.obs.images[idx], self.obs.state[idx],
+                                 [self.obs.instruction[i] for i in il]),
+                     self.chains[idx], self.logp_old[idx], self.executed[idx],
+                     self.advantages[idx])
+
+
+def build_batch(groups: list[list[EpisodeRecord]], cfg: GRPOConfig, stats: UpdateStats
+                ) -> Batch | None:
+    parts, rewards = [], []
+    for group in groups:
+        r = torch.tensor([e.reward for e in group])
+        rewards += r.tolist()
+        adv = group_advantages(r, cfg.adv_eps, cfg.leave_one_out) if len(group) >= 2 else None
+        stats.groups += 1
+        if adv is None:
+            stats.groups_skipped += 1
+            continue
+        for ep, a in zip(group, adv):
+            t = ep.tensors
+            C = t["chains"].shape[0]
+            parts.append((t, [ep.instruction] * C, a.expand(C)))
+    stats.skipped_fraction = stats.groups_skipped / max(1, stats.groups)
+    stats.mean_reward = sum(rewards) / max(1, len(rewards))
+    if not parts:
+        return None
+    cat = lambda k: torch.cat([p[0][k] for p in parts])  # noqa: E731
+    return Batch(Observation(cat("images"), cat("states").float(),
+                             [s for p in parts for s in p[1]]),
+                 cat("chains").float(), cat("log_probs").float(), cat("executed").long(),
+                 torch.cat([p[2] for p in parts]).float())
+
+
+class GRPOLearner:
+    def __init__(self, policy: AdaptedPolicy, sampler: DiffusionSampler, cfg: GRPOConfig) -> None:
+        self.policy, self.sampler, self.cfg = policy, sampler, cfg
+        self.device = cfg.resolved_device()
+        self.policy.model.to(self.device)
+        self.loss_cfg = cfg.loss_cfg()
+        if self.loss_cfg.kl_coef > 0:
+            policy.reference()                       # raises early for presets without one
+        self.optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=cfg.lr)
+
+    def rebuild_optimizer(self) -> None:
+        """After the trainable set changed (activate / widen)."""
+        self.optimizer = torch.optim.Adam(self.policy.trainable_parameters(), lr=self.cfg.lr)
+
+    def _logp(self, b: Batch) -> torch.Tensor:
+        """Per-step log-probs (n, K') for chunks that may have different executed prefixes."""
+        model = self.policy.model
+        cond = model.encode(b.obs)
+        out = torch.empty_like(b.logp_old)
+        for n_exec in b.executed.unique().tolist():
+            rows = (b.executed == n_exec).nonzero().squeeze(1)
+            out[rows] = self.sampler.chain_log_prob(model, b.obs, b.chains[rows], n_exec,
+                                                    cond=cond[rows])
+        return out
+
+    def accumulate(self, b: Batch, normalizer: float, acc: dict[str, float]) -> None:
+        """Forward + backward of one micro-batch; gradients add up in .grad."""
+        b = Batch(b.obs.to(self.device), b.chains.to(self.device), b.logp_old.to(self.device),
+                  b.executed.to(self.device), b.advantages.to(self.device))
+        logp_new = self._logp(b)
+        logp_ref = None
+        if self.loss_cfg.kl_coef > 0:
+            with torch.no_grad(), self.policy.reference():
+                logp_ref = self._logp(b)
+        loss, st = grpo_loss(logp_new, b.logp_old, b.advantages, self.loss_cfg, normalizer,
+                             logp_ref)
+        loss.backward()
+        acc["loss"] = acc.get("loss", 0.0) + loss.item()
+        for k in ("clip_count", "approx_kl_sum", "ref_kl_sum", "terms"):
+            acc[k] = acc.get(k, 0.0) + st[k].item()
+        acc["ratio_min"] = min(acc.get("ratio_min", math.inf), st["ratio_min"].item())
+        acc["ratio_max"] = max(acc.get("ratio_max", -math.inf), st["ratio_max"].item())
+
+    def minibatch_gradient(self, b: Batch, acc: dict[str, float]) -> None:
+        """Zero grads, then accumulate the whole minibatch in micro-batches."""
+        self.optimizer.zero_grad(set_to_none=True)
+        Kp = b.chains.shape[1] - 1
+        normalizer = float(len(b) * step_weights(Kp, self.loss_cfg.denoise_discount).sum())
+        for start in range(0, len(b), self.cfg.micro_batch_size):
+            idx = torch.arange(start, min(start + self.cfg.micro_batch_size, len(b)))
+            self.accumulate(b.select(idx), normalizer, acc)
+
+    def update(self, groups: list[list[EpisodeRecord]], generator: torch.Generator | None = None
+               ) -> UpdateStats:
+        stats = UpdateStats()
+        versions = {(e.adapter_name, e.adapter_version) for g in groups for e in g}
+        if len(versions) > 1 and self.cfg.drop_stale:
+            raise ValueError(f"groups come from several adapter versions {sorted(versions)}; "
+                             "the learner never mixes versions in one update")
+        batch = build_batch(groups, self.cfg, stats)
+        if batch is None:
+            return stats                               # every group had zero variance
+        stats.chunks = len(batch)
+        model = self.policy.model
+        model.train()
+        params = self.policy.trainable_parameters()
+        losses, grad_norms, totals = [], [], {}
+        first = True
+        for _ in range(self.cfg.epochs):
+            perm = torch.randperm(len(batch), generator=generator)
+            for start in range(0, len(batch), self.cfg.minibatch_size):
+                acc: dict[str, float] = {}
+                self.minibatch_gradient(batch.select(perm[start:start + self.cfg.minibatch_size]),
+                                        acc)
+                if first:
+                    stats.first_ratio_max_dev = max(abs(acc["ratio_max"] - 1),
+                                                    abs(acc["ratio_min"] - 1))
+                    first = False
+                gn = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+                if not (math.isfinite(acc["loss"]) and torch.isfinite(gn)):
+                    stats.nonfinite_steps_skipped += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
+                self.optimizer.step()
+                stats.optimizer_steps += 1
+                losses.append(acc["loss"])
+                grad_norms.append(gn.item())
+                for k, v in acc.items():
+                    if k in ("ratio_min", "ratio_max"):
+                        totals[k] = (min if k == "ratio_min" else max)(totals.get(k, v), v)
+                    else:
+                        totals[k] = totals.get(k, 0.0) + v
+        model.eval()
+        if stats.nonfinite_steps_skipped:
+            print(f"[learner] skipped {stats.nonfinite_steps_skipped} optimizer step(s) with a "
+                  "non-finite loss or gradient")
+        if losses:
+            terms = max(1.0, totals["terms"])
+            stats.loss = sum(losses) / len(losses)
+            stats.grad_norm = sum(grad_norms) / len(grad_norms)
+            stats.clip_fraction = totals["clip_count"] / terms
+            stats.approx_kl = totals["approx_kl_sum"] / terms
+            stats.ref_kl = totals["ref_kl_sum"] / terms
+            stats.ratio_min, stats.ratio_max = totals["ratio_min"], totals["ratio_max"]
+        return stats

@@ -1,0 +1,168 @@
+"""Rollouts on disk, indexed by task / group / episode; crash-safe and never mixing versions.
+
+    <root>/<task>/<group_id>/group.json                   task, init state, adapter name + version
+    <root>/<task>/<group_id>/<episode_id>/chunks.safetensors
+        images (C, Nc, H, W, 3) uint8, states (C, Ds), chains (C, K'+1, Ta, Da),
+        log_probs (C, K'), executed (C,)                  C chunks of the episode
+    <root>/<task>/<group_id>/<episode_id>/episode.json    reward, success, decided_by, ...
+
+An episode is written into a hidden temporary directory (files fsynced) and renamed into place: a
+reader sees a whole episode or none, also after a crash; `recover()` removes leftovers. A group is
+pinned to the adapter version of its first episode; an episode of another version is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import atomic_io
+from .checkpoint import read_safetensors
+
+TENSOR_KEYS = ("images", "states", "chains", "log_probs", "executed")
+
+
+class StoreError(RuntimeError):
+    """A rollout could not be stored (disk full, bad name, version mix); nothing partial left."""
+
+
+@dataclass
+class EpisodeRecord:
+    episode_id: str
+    group_id: str
+    task: str
+    init_state_id: int
+    adapter_name: str
+    adapter_version: int
+    instruction: str
+    reward: float
+    success: bool
+    decided_by: str = "simulator"             # operator / simulator / timeout
+    duration_s: float = 0.0
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    path: Path | None = None
+
+    @property
+    def num_chunks(self) -> int:
+        return int(self.tensors["chains"].shape[0]) if self.tensors else 0
+
+    def meta(self) -> dict:
+        d = asdict(self)
+        d.pop("tensors")
+        d.pop("path")
+        return d
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not name or name.startswith(".") or "/" in name or "\\" in name or name in ("..",):
+        raise StoreError(f"invalid {kind} {name!r}: must be a plain, non-hidden directory name")
+    return name
+
+
+class RolloutStore:
+    def __init__(self, root: Path, keep_groups: int = 0) -> None:
+        """keep_groups > 0 prunes all but the newest `keep_groups` groups per task on write."""
+        self.root = Path(root)
+        self.keep_groups = keep_groups
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.recover()
+
+    def group_dir(self, task: str, group_id: str) -> Path:
+        return self.root / _check_name("task", task) / _check_name("group id", group_id)
+
+    def recover(self) -> int:
+        """Remove temporary directories left by a crash mid-write; returns how many."""
+        n = 0
+        for tmp in self.root.glob("*/*/.tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+            n += 1
+        return n
+
+    def write_episode(self, rec: EpisodeRecord) -> Path:
+        missing = [k for k in TENSOR_KEYS if k not in rec.tensors]
+        if missing:
+            raise StoreError(f"episode {rec.episode_id} lacks tensors {missing}")
+        gdir = self.group_dir(rec.task, rec.group_id)
+        final = gdir / _check_name("episode id", rec.episode_id)
+        if final.exists():
+            raise StoreError(f"episode {rec.episode_id} is already stored in {gdir}")
+        gmeta_path = gdir / "group.json"
+        try:
+            gdir.mkdir(parents=True, exist_ok=True)
+            if gmeta_path.is_file():
+                g = json.loads(gmeta_path.read_text())
+                if (g["adapter_name"], g["adapter_version"]) != (rec.adapter_name,
+                                                                 rec.adapter_version):
+                    raise StoreError(
+                        f"group {rec.group_id} holds adapter {g['adapter_name']} "
+                        f"v{g['adapter_version']}; episode {rec.episode_id} is from "
+                        f"{rec.adapter_name} v{rec.adapter_version}: a group never mixes versions")
+            else:
+                atomic_io.write_json(gmeta_path, {
+                    "task": rec.task, "group_id": rec.group_id,
+                    "init_state_id": rec.init_state_id, "adapter_name": rec.adapter_name,
+                    "adapter_version": rec.adapter_version, "created": time.time()})
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{rec.episode_id}-", dir=gdir))
+            try:
+                atomic_io.write_safetensors(tmp / "chunks.safetensors", rec.tensors)
+                atomic_io.write_json(tmp / "episode.json", rec.meta())
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            atomic_io.fsync_dir(gdir)
+        except OSError as e:
+            raise StoreError(f"cannot store episode {rec.episode_id} in {gdir}: {e}") from e
+        if self.keep_groups:
+            self.prune(rec.task, self.keep_groups)
+        rec.path = final
+        return final
+
+    def group_meta(self, task: str, group_id: str) -> dict:
+        return json.loads((self.group_dir(task, group_id) / "group.json").read_text())
+
+    def episode_ids(self, task: str, group_id: str) -> list[str]:
+        gdir = self.group_dir(task, group_id)
+        if not gdir.is_dir():
+            return []
+        return sorted(p.name for p in gdir.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and
+                      (p / "episode.json").is_file())
+
+    def groups(self, task: str) -> list[str]:
+        """Group ids of a task, oldest first."""
+        tdir = self.root / _check_name("task", task)
+        if not tdir.is_dir():
+            return []
+        gs = [p for p in tdir.iterdir() if (p / "group.json").is_file()]
+        return [p.name for p in sorted(gs, key=lambda p: (p.stat().st_mtime, p.name))]
+
+    def tasks(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()
+                      and not p.name.startswith("."))
+
+    def read_episode(self, path: Path, with_tensors: bool = True) -> EpisodeRecord:
+        meta = json.loads((Path(path) / "episode.json").read_text())
+        rec = EpisodeRecord(**meta, path=Path(path))
+        if with_tensors:
+            rec.tensors = read_safetensors(Path(path) / "chunks.safetensors")
+        return rec
+
+    def read_group(self, task: str, group_id: str, with_tensors: bool = True
+                   ) -> list[EpisodeRecord]:
+        gdir = self.group_dir(task, group_id)
+        return [self.read_episode(gdir / e, with_tensors)
+                for e in self.episode_ids(task, group_id)]
+
+    def prune(self, task: str, keep: int) -> list[str]:
+        """Delete all but the newest `keep` groups of a task; returns the removed group ids."""
+        old = self.groups(task)[:-keep] if keep > 0 else []
+        for g in old:
+            shutil.rmtree(self.group_dir(task, g), ignore_errors=True)
+        return old
