@@ -117,8 +117,11 @@ class DiffusionSampler:
 
     @torch.no_grad()
     def sample(self, model: TinyVLAPolicy, obs: Observation, generator: torch.Generator | None
-               = None, deterministic: bool = False) -> Chunk:
-        """Sample a chunk per observation; record the chain and log-probs of the last K' steps."""
+               = None, deterministic: bool = False, record: bool = True) -> Chunk:
+        """Sample a chunk per observation; record the chain and log-probs of the last K' steps.
+
+        record=False draws the same actions but keeps neither (the baseline of the overhead
+        benchmark)."""
         cfg, mcfg = self.cfg, self.model_cfg
         B, device = len(obs), obs.images.device
         n_exec = self.executed_steps()
@@ -128,7 +131,7 @@ class DiffusionSampler:
         chain, log_probs = [], []
         for i in range(cfg.num_inference_steps):
             stochastic = not deterministic and i >= self.first_stochastic
-            if i == self.first_stochastic:
+            if record and i == self.first_stochastic:
                 chain.append(x)
             idx = torch.full((B,), i, dtype=torch.long, device=device)
             eps = model(x, self.timesteps.to(device)[idx], cond)
@@ -138,10 +141,11 @@ class DiffusionSampler:
                 if cfg.noise_clip > 0:
                     z = z.clamp(-cfg.noise_clip, cfg.noise_clip)
                 x_prev = mean + sigma.clamp(min=cfg.min_sampling_std) * z
-                log_probs.append(self.gaussian_log_prob(x_prev, mean, sigma, n_exec))
+                if record:
+                    log_probs.append(self.gaussian_log_prob(x_prev, mean, sigma, n_exec))
             else:
                 x_prev = mean
-            if i >= self.first_stochastic:
+            if record and i >= self.first_stochastic:
                 chain.append(x_prev)
             x = x_prev
         chain_t = torch.stack(chain, 1) if chain else x[:, None]             # (B, K'+1, Ta, Da)
