@@ -1,7 +1,7 @@
 """Learner costs per trainable preset and the toy learning result (CPU unless a GPU is present).
 
     learner_s_per_group_<preset>, learner_peak_mb_<preset>   tiny model, G=8, 4 epochs
-    adapters_vs_full_memory_ratio   TinyVLA-S shape, forward + backward peak memory, adapters / full
+    adapters_vs_full_memory_ratio   TinyVLA-S shape, fwd + bwd peak memory, adapters / full
     toy_success_before, toy_success_after, toy_episodes      the learning test's toy, fixed seed
 Each memory figure comes from its own subprocess (peak RSS above the model's resident size on CPU,
 torch.cuda.max_memory_allocated on CUDA), so presets do not see each other's allocations.
@@ -80,9 +80,10 @@ def main() -> None:
         print(f"learner_s_per_group_{preset.replace('+', '_')}={r['s_per_group']:.3f}")
         print(f"learner_peak_mb_{preset.replace('+', '_')}={r['peak_mb']:.1f}")
     mem = {p: run_child("memory", p) for p in ("adapters", "full")}
-    print(f"TinyVLA-S fwd+bwd on {mem['full']['device']}: adapters {mem['adapters']['peak_mb']:.0f}"
-          f" MB, full {mem['full']['peak_mb']:.0f} MB")
-    print(f"adapters_vs_full_memory_ratio={mem['adapters']['peak_mb'] / mem['full']['peak_mb']:.3f}")
+    a_mb, f_mb = mem["adapters"]["peak_mb"], mem["full"]["peak_mb"]
+    print(f"TinyVLA-S fwd+bwd on {mem['full']['device']}: adapters {a_mb:.0f} MB, "
+          f"full {f_mb:.0f} MB")
+    print(f"adapters_vs_full_memory_ratio={a_mb / f_mb:.3f}")
 
     from tinyvla_grpo_ros.core.learner import GRPOConfig
     from tinyvla_grpo_ros.sim.toy_grpo import run_toy_grpo

@@ -1,7 +1,7 @@
 """Sampler costs, measured side by side in one run (CPU unless --device cuda).
 
-    logprob_overhead_ratio   sampling time with / without recording chain + log-probs (goal <= 1.10)
-    batched_rescore_speedup  per-step re-scoring (one policy call per step) / one batched call (>= 3)
+    logprob_overhead_ratio   sampling with / without recording chain + log-probs (goal <= 1.10)
+    batched_rescore_speedup  per-step re-scoring (a policy call per step) / one batched call (>= 3)
     forward_ms_<preset>, params_m_<preset>   encode + one head step, batch 1, per model preset
 """
 import argparse
@@ -71,7 +71,7 @@ def main() -> None:
             o = obs_for(pc, 1).to(args.device)
             x = torch.randn(1, pc.horizon, pc.action_dim, device=args.device)
             step = torch.tensor([10], device=args.device)
-            t = interleaved({name: lambda m=m, o=o, x=x: m(x, step, m.encode(o))},
+            t = interleaved({name: lambda m=m, o=o, x=x, s=step: m(x, s, m.encode(o))},
                             3 if name != "tiny" else reps)
             print(f"forward_ms_{name}={t[name] * 1e3:.1f}")
             print(f"params_m_{name}={m.num_parameters() / 1e6:.2f}")

@@ -1,7 +1,7 @@
 """`make demo`: the GRPO loop, ending with the success rate per adapter version.
 
-The ROS closed loop in the MuJoCo simulation (policy, episode manager and learner nodes) is not built
-yet; until it lands this runs the same core pieces in one process on the built-in toy reach task:
+The ROS closed loop in the MuJoCo simulation (policy, episode manager and learner nodes) is not
+built yet; until it lands this runs the same core pieces in one process on the toy reach task:
 weak SFT from scripted demonstrations, then groups of G rollouts, GRPO updates of the task's
 adapter, each version written to disk (adapters/<task>/vNNNN) and evaluated with the deterministic
 sampler. Options: --updates, --group-size, --states-per-update, --seed, --out.
