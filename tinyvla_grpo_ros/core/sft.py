@@ -23,11 +23,11 @@ from .sampler import build_scheduler
 
 
 class DemoWindows:
-    """All (episode, t) windows of a demonstration set, batched on demand."""
+    """All (episode, frame) windows of a demonstration set, batched on demand."""
 
     def __init__(self, demos: list[Demonstration], horizon: int) -> None:
         self.demos, self.horizon = demos, horizon
-        self.index = [(e, t) for e, d in enumerate(demos) for t in range(d.images.shape[0])]
+        self.index = [(e, f) for e, d in enumerate(demos) for f in range(d.images.shape[0])]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -35,11 +35,11 @@ class DemoWindows:
     def batch(self, rows: list[int]) -> tuple[Observation, torch.Tensor]:
         imgs, states, texts, acts = [], [], [], []
         for r in rows:
-            e, t = self.index[r]
+            e, f = self.index[r]
             d = self.demos[e]
-            T = d.actions.shape[0]
+            T, t = d.actions.shape[0], int(d.frame_steps[f])
             steps = torch.clamp(torch.arange(t, t + self.horizon), max=T - 1)
-            imgs.append(d.images[t])
+            imgs.append(d.images[f])
             states.append(d.states[t])
             texts.append(d.instruction)
             acts.append(d.actions[steps])

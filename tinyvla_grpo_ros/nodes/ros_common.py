@@ -1,0 +1,83 @@
+"""Shared by the nodes: the rclpy main() pattern, parameter descriptors, image conversion."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.executors import (
+    ExternalShutdownException,
+    MultiThreadedExecutor,
+    SingleThreadedExecutor,
+)
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def declare(node: Node, name: str, default, description: str, lo=None, hi=None):
+    """Declare a parameter with a descriptor (and a range for numbers); return its value."""
+    d = ParameterDescriptor(description=description)
+    if lo is not None and isinstance(default, bool) is False:
+        if isinstance(default, int):
+            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
+        elif isinstance(default, float):
+            d.floating_point_range = [FloatingPointRange(from_value=float(lo),
+                                                         to_value=float(hi), step=0.0)]
+    return node.declare_parameter(name, default, d).value
+
+
+def numpy_to_image(img: np.ndarray, stamp, frame_id: str = "camera") -> Image:
+    """(H, W, 3) uint8 -> sensor_msgs/Image rgb8."""
+    h, w, _ = img.shape
+    msg = Image(height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3,
+                data=np.ascontiguousarray(img, dtype=np.uint8).tobytes())
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    return msg
+
+
+class BadImage(ValueError):
+    pass
+
+
+def image_to_numpy(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image (rgb8 or bgr8) -> (H, W, 3) uint8 RGB; BadImage names what is wrong."""
+    if msg.encoding not in ("rgb8", "bgr8"):
+        raise BadImage(f"unsupported encoding {msg.encoding!r} (expected rgb8 or bgr8)")
+    if msg.height == 0 or msg.width == 0:
+        raise BadImage("empty image (height or width is 0)")
+    if msg.step < msg.width * 3 or len(msg.data) != msg.step * msg.height:
+        raise BadImage(f"data size {len(msg.data)} does not match {msg.height} rows of step "
+                       f"{msg.step} for width {msg.width}")
+    arr = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.step)
+    arr = arr[:, : msg.width * 3].reshape(msg.height, msg.width, 3)
+    return arr[..., ::-1].copy() if msg.encoding == "bgr8" else arr.copy()
+
+
+def run(node_factory: Callable[[], Node], threads: int = 4) -> None:
+    """The rclpy main() pattern: init, spin, clean shutdown on Ctrl-C or external shutdown.
+
+    threads=1 spins in the main thread (needed where a GL context lives, as in sim_node)."""
+    rclpy.init()
+    node = None
+    try:
+        node = node_factory()
+        executor = (SingleThreadedExecutor() if threads == 1
+                    else MultiThreadedExecutor(num_threads=threads))
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
