@@ -1,94 +1,134 @@
-"""`make demo`: the GRPO loop, ending with the success rate per adapter version.
+"""`make demo`: the closed GRPO loop in the built-in MuJoCo simulation.
 
-The ROS closed loop in the MuJoCo simulation (policy, episode manager and learner nodes) is not
-built yet; until it lands this runs the same core pieces in one process on the toy reach task:
-weak SFT from scripted demonstrations, then groups of G rollouts, GRPO updates of the task's
-adapter, each version written to disk (adapters/<task>/vNNNN) and evaluated with the deterministic
-sampler. Options: --updates, --group-size, --states-per-update, --seed, --out.
+1. the SFT starting point: scripted Meta-World demonstrations -> SFT checkpoint (cached in
+   cache/sft, measured on held-out init states);
+2. sim_node, policy_node, episode_manager_node and learner_node as separate processes over DDS
+   (config/sim_loop.yaml, as launch/sim.launch.py starts them), for `--groups` groups of G;
+3. a table of success rate per adapter version: exploration (stochastic sampler, the episodes
+   learned from) and evaluation (deterministic sampler, held-out init states).
+Adapters and rollouts stay on disk under --out. ARGS="--groups 4 --group-size 4" make demo.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import time
+from collections import defaultdict
 from pathlib import Path
 
-import torch
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
 
-from .core.adapters import AdaptedPolicy, AdapterConfig, save_adapter_version
-from .core.config import SamplerConfig
-from .core.learner import GRPOConfig, GRPOLearner
-from .core.rollout_store import EpisodeRecord, RolloutStore
-from .core.sampler import DiffusionSampler
-from .sim.toy_grpo import success_rate, weak_sft_policy
-from .sim.toy_reach import INSTRUCTION, ToyReach
+from .launcher import Launch
+from .sim.sft_start import build_sft_start
 
-TASK = "toy_reach"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--updates", type=int, default=12, help="GRPO updates (adapter versions)")
-    ap.add_argument("--group-size", type=int, default=8, help="G rollouts per initial state")
-    ap.add_argument("--states-per-update", type=int, default=8)
-    ap.add_argument("--init-states", type=int, default=16, help="scenes of the task")
-    ap.add_argument("--seed", type=int, default=0)
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--task", default="reach-v3")
+    ap.add_argument("--groups", type=int, default=8, help="groups of G rollouts to run")
+    ap.add_argument("--group-size", type=int, default=8, help="G")
+    ap.add_argument("--eval-states", type=int, default=8, help="held-out init states per version")
+    ap.add_argument("--demos", type=int, default=60, help="expert demonstrations for SFT")
+    ap.add_argument("--sft-steps", type=int, default=3000)
     ap.add_argument("--out", type=Path, default=Path("runs/demo"))
+    ap.add_argument("--timeout-min", type=float, default=30.0)
     args = ap.parse_args(argv)
-    print("NOTE: the ROS closed loop in MuJoCo is not built yet; running the in-process GRPO "
-          "loop on the toy reach task.")
-    env = ToyReach()
-    print("1/2 SFT starting point from 256 scripted demonstrations ...", flush=True)
-    policy = AdaptedPolicy(weak_sft_policy(args.seed), AdapterConfig(preset="adapters+head+norms"),
-                           [TASK])
-    sampler = DiffusionSampler(policy.model.config, SamplerConfig(stochastic_steps=3))
-    learner = GRPOLearner(policy, sampler, GRPOConfig(group_size=args.group_size, lr=1e-4,
-                                                      minibatch_size=32, device="auto"))
-    store = RolloutStore(args.out / "rollouts")
-    adapters = args.out / "adapters"
-    gen = torch.Generator().manual_seed(args.seed)
-    pool = [100_000 * (args.seed + 1) + i for i in range(args.init_states)]
-    run = f"s{args.seed}-{torch.randint(10**6, (1,)).item():06d}"
-    rows_out = [(0, 0, success_rate(env, policy, sampler, pool), float("nan"))]
-    save_adapter_version(policy, adapters / run, 0, parent=None)
-    print(f"2/2 GRPO: {args.updates} updates x {args.states_per_update} scenes x G="
-          f"{args.group_size}", flush=True)
-    episodes = 0
-    for v in range(args.updates):
-        pick = torch.randperm(len(pool), generator=gen)[:args.states_per_update].tolist()
-        ids = [pool[i] for i in pick]
-        rows = [i for i in ids for _ in range(args.group_size)]
-        obs = env.observe(rows)
-        chunk = sampler.sample(policy.model, obs, generator=gen)
-        rewards = env.success(rows, chunk.actions).float()
-        groups = []
-        for n, init_id in enumerate(rows):
-            g, j = divmod(n, args.group_size)
-            rec = EpisodeRecord(
-                episode_id=f"ep{j:02d}", group_id=f"{run}-v{v:04d}-g{g}", task=TASK,
-                init_state_id=init_id, adapter_name=TASK, adapter_version=v,
-                instruction=INSTRUCTION, reward=float(rewards[n]), success=bool(rewards[n]),
-                tensors={"images": obs.images[n:n + 1], "states": obs.state[n:n + 1],
-                         "chains": chunk.chain[n:n + 1], "log_probs": chunk.log_probs[n:n + 1],
-                         "executed": torch.tensor([chunk.executed_steps])})
-            store.write_episode(rec)
-            if j == 0:
-                groups.append([])
-            groups[-1].append(rec)
-        stats = learner.update(groups, generator=gen)
-        episodes += len(rows)
-        save_adapter_version(policy, adapters / run, v + 1, parent=v, metrics=stats.as_dict())
-        rate = success_rate(env, policy, sampler, pool)
-        rows_out.append((v + 1, episodes, rate, rewards.mean().item()))
-        print(f"  v{v + 1:04d}  episodes {episodes:4d}  explore success {rewards.mean():.2f}  "
-              f"deterministic success {rate:.2f}  approx_kl {stats.approx_kl:.4f}", flush=True)
-    print("\nsuccess rate per adapter version (deterministic sampler, "
-          f"{len(pool)} scenes)")
-    print("| version | episodes | success |\n|---|---|---|")
-    for v, e, r, _ in rows_out:
-        print(f"| v{v:04d} | {e} | {r:.2f} |")
-    best = max(rows_out, key=lambda r: r[2])
-    print(f"\nbest version v{best[0]:04d} ({best[2]:.2f}); adapters in {adapters / run}, "
-          f"rollouts in {args.out / 'rollouts'}")
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
+    t0 = time.time()
+    ckpt = build_sft_start(args.task, args.demos, args.sft_steps, cache=ROOT / "cache" / "sft")
+    run = (args.out / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    (run / "logs").mkdir(parents=True)
+    eval_ids = list(range(10_000, 10_000 + args.eval_states)) or [-1]
+    ov = {
+        "sim_node": {"task": args.task, "pace": "fast"},
+        "policy_node": {"checkpoint": ckpt, "tasks": f"[{args.task}]",
+                        "adapter_root": run / "adapters"},
+        "episode_manager_node": {"task": args.task, "group_size": args.group_size,
+                                 "num_groups": args.groups, "store_root": run / "rollouts",
+                                 "eval_init_state_ids": str(eval_ids)},
+        "learner_node": {"checkpoint": ckpt, "tasks": f"[{args.task}]",
+                         "adapter_root": run / "adapters", "store_root": run / "rollouts",
+                         "group_size": args.group_size}}
+    ov = {n: {k: str(v) for k, v in d.items()} for n, d in ov.items()}
+    print(f"closed loop: {args.groups} groups x G={args.group_size} of {args.task}; logs in "
+          f"{run / 'logs'}", flush=True)
+    launch = Launch(ROOT / "config" / "sim_loop.yaml", ov, log_dir=run / "logs")
+    rclpy.init()
+    from tinyvla_grpo_interfaces.msg import AdapterUpdate, EpisodeOutcome, EpisodeState, GroupReady
+
+    from .nodes.ros_common import LATCHED, LATCHED_HISTORY, RELIABLE
+    node = rclpy.create_node("demo_monitor")
+    explore, evals = defaultdict(list), defaultdict(list)
+    groups, state = [], {"state": EpisodeState(), "last": time.time()}
+
+    def on_outcome(m: EpisodeOutcome) -> None:
+        (evals if m.group_id.startswith("eval-") else explore)[m.adapter_version].append(m.success)
+        state["last"] = time.time()
+        kind = "eval   " if m.group_id.startswith("eval-") else "explore"
+        print(f"  [{time.time() - t0:6.0f} s] {kind} v{m.adapter_version:04d} init "
+              f"{m.init_state_id:5d}: {'success' if m.success else 'failure'} "
+              f"({m.chunk_count} chunks)", flush=True)
+
+    def on_update(m: AdapterUpdate) -> None:
+        state["last"] = time.time()
+        if m.metric_names:
+            met = dict(zip(m.metric_names, m.metric_values))
+            print(f"  learner -> v{m.version:04d} (loss {met.get('loss', 0):.4f}, approx_kl "
+                  f"{met.get('approx_kl', 0):.4f}, {met.get('seconds', 0):.1f} s)", flush=True)
+
+    node.create_subscription(EpisodeOutcome, "episode_outcome", on_outcome, RELIABLE)
+    node.create_subscription(AdapterUpdate, "adapter_update", on_update, LATCHED_HISTORY)
+    node.create_subscription(GroupReady, "group_ready", lambda m: groups.append(m.group_id),
+                             LATCHED_HISTORY)
+    node.create_subscription(EpisodeState, "episode_state",
+                             lambda m: state.__setitem__("state", m), LATCHED)
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    code = 0
+    try:
+        while True:
+            ex.spin_once(timeout_sec=0.2)
+            if (ended := launch.poll()) is not None:
+                print(f"{ended[0]} exited with {ended[1]}; see {run / 'logs'}")
+                code = 1
+                break
+            idle = state["state"].state == EpisodeState.IDLE
+            if len(set(groups)) >= args.groups and idle and time.time() - state["last"] > 8:
+                break
+            if time.time() - t0 > args.timeout_min * 60:
+                print(f"stopping after --timeout-min {args.timeout_min}")
+                break
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        launch.stop()
+        node.destroy_node()
+        rclpy.shutdown()
+    versions = sorted(set(explore) | set(evals))
+    rows = [{"version": v, "explore_episodes": len(explore[v]),
+             "explore_success": sum(explore[v]) / len(explore[v]) if explore[v] else None,
+             "eval_episodes": len(evals[v]),
+             "eval_success": sum(evals[v]) / len(evals[v]) if evals[v] else None}
+            for v in versions]
+    (run / "summary.json").write_text(json.dumps(rows, indent=2))
+    fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    print(f"\nsuccess rate per adapter version ({args.task}; explore = stochastic sampler, "
+          f"eval = deterministic on {args.eval_states} held-out init states)")
+    print("| version | explore episodes | explore success | eval episodes | eval success |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| v{r['version']:04d} | {r['explore_episodes']} | {fmt(r['explore_success'])} | "
+              f"{r['eval_episodes']} | {fmt(r['eval_success'])} |")
+    print(f"\nadapters: {run / 'adapters'}\nrollouts: {run / 'rollouts'}\n"
+          f"total {time.time() - t0:.0f} s")
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -118,7 +118,7 @@ class AdaptedPolicy:
         last = {f"lm.layers.{i}." for i in range(max(0, n_layers - self.cfg.last_k_blocks),
                                                   n_layers)}
         active = {self.active} | ({SHARED_RL} if self.rl_enabled else set())
-        names = []
+        names, base = [], set()
         for name, p in self.model.named_parameters():
             lora_of = _lora_adapter(name)
             if lora_of is not None:
@@ -135,6 +135,9 @@ class AdaptedPolicy:
             p.requires_grad_(train)
             if train:
                 names.append(name)
+                if lora_of is None:
+                    base.add(name)
+        self.base_keys = base          # base tensors that belong to an exported version
         return names
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -159,7 +162,7 @@ class AdaptedPolicy:
             lora_of = _lora_adapter(name)
             if lora_of == adapter:
                 out["base_model.model." + name.replace(f".{adapter}.", ".")] = p.detach()
-            elif lora_of is None and p.requires_grad and self.modifies_base():
+            elif name in self.base_keys:
                 out[name] = p.detach()
         return out
 

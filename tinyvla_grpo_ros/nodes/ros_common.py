@@ -18,6 +18,9 @@ from sensor_msgs.msg import Image
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+# Latched with history: late joiners get every recent GroupReady / AdapterUpdate, not just one.
+LATCHED_HISTORY = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def declare(node: Node, name: str, default, description: str, lo=None, hi=None):

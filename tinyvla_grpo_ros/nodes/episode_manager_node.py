@@ -1,0 +1,339 @@
+"""episode_manager_node: groups of G rollouts from the same initial state, outcomes, storage.
+
+For each group: pick an init state, and G times: reset the scene (the simulator's reset_scene
+service, or the operator via scene_ready), RUN (policy_node commands while EpisodeState is
+RUNNING), end on the simulator's success, the operator's mark or a timeout, store the episode
+atomically in the rollout store and publish EpisodeOutcome. A full group publishes GroupReady; the
+next group starts once policy_node reports a new adapter version (or after `wait_for_update_s`).
+After a restart, an unfinished group of the current version is resumed; a half-run episode was
+never stored, so it is simply run again. Every `eval_every` versions, `eval_init_state_ids` run
+with the deterministic sampler (reported, never learned from).
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from rclpy.node import Node
+from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
+from tinyvla_grpo_interfaces.msg import (
+    ActionChunk,
+    AdapterUpdate,
+    EpisodeOutcome,
+    EpisodeState,
+    GroupReady,
+)
+from tinyvla_grpo_interfaces.srv import MarkOutcome, ResetScene, StartEpisode
+
+from ..core.rollout_store import EpisodeRecord, RolloutStore, StoreError
+from .ros_common import LATCHED, LATCHED_HISTORY, RELIABLE, declare, image_to_numpy, run
+
+DECIDED = {EpisodeOutcome.DECIDED_BY_OPERATOR: "operator",
+           EpisodeOutcome.DECIDED_BY_SIMULATOR: "simulator",
+           EpisodeOutcome.DECIDED_BY_TIMEOUT: "timeout"}
+
+
+class EpisodeManagerNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("episode_manager_node", **kwargs)
+        self.task = declare(self, "task", "reach-v3", "task (= adapter name)")
+        self.G = declare(self, "group_size", 8, "rollouts per group (G)", 2, 1024)
+        self.init_ids = list(declare(self, "init_state_ids", list(range(16)),
+                                     "initial states the groups cycle through"))
+        self.eval_ids = list(declare(self, "eval_init_state_ids", [-1],
+                                     "init states of deterministic evaluation ([-1] = none)"))
+        self.eval_every = declare(self, "eval_every", 1, "evaluate every N versions", 1, 10000)
+        self.num_groups = declare(self, "num_groups", 0, "groups to run (0 = forever)", 0, 10**6)
+        self.max_s = declare(self, "max_episode_s", 30.0, "episode timeout (s)", 0.1, 3600.0)
+        self.max_chunks = declare(self, "max_chunks", 60, "episode timeout (chunks)", 1, 100000)
+        root = declare(self, "store_root", "runs/rollouts", "rollout store directory")
+        keep = declare(self, "keep_groups", 0, "prune to N groups (0 = keep all)", 0, 10**6)
+        self.store = RolloutStore(Path(root), keep_groups=keep)
+        self.reset_mode = declare(self, "reset_mode", "service", "service (sim) or operator")
+        reset_srv = declare(self, "reset_service", "reset_scene", "ResetScene service name")
+        self.wait_update = declare(self, "wait_for_update_s", 600.0,
+                                   "max wait for a new version after a group", 0.0, 1e6)
+        self.auto_start = declare(self, "auto_start", True, "start groups without an operator")
+        self.skip_solved = declare(self, "skip_solved", False,
+                                   "skip init states whose last group all succeeded")
+        seed = declare(self, "seed", 0, "init-state order seed", 0, 2**31 - 1)
+        self.rng = np.random.default_rng(seed)
+        self.pub_state = self.create_publisher(EpisodeState, "episode_state", LATCHED)
+        self.pub_outcome = self.create_publisher(EpisodeOutcome, "episode_outcome", RELIABLE)
+        self.pub_group = self.create_publisher(GroupReady, "group_ready", LATCHED_HISTORY)
+        self.create_subscription(ActionChunk, "action_chunk", self.on_chunk, RELIABLE)
+        self.create_subscription(AdapterUpdate, "active_adapter", self.on_active, LATCHED)
+        self.create_subscription(Bool, "success", self.on_success, LATCHED)
+        self.create_service(MarkOutcome, "mark_outcome", self.on_mark)
+        self.create_service(Trigger, "scene_ready", self.on_scene_ready)
+        self.create_service(StartEpisode, "start", self.on_start)
+        self.reset_client = self.create_client(ResetScene, reset_srv)
+        self.version: int | None = None
+        self.state = EpisodeState(state=EpisodeState.IDLE, task_id=self.task, group_size=self.G)
+        self.groups_done, self.last_eval_version = 0, -1
+        self.chunks: list[ActionChunk] = []
+        self.mark: tuple[int, str] | None = None
+        self.sim_success = False
+        self.started_at = 0.0
+        self.waiting_since = 0.0
+        self.reset_future = None
+        self.scene_ready = False
+        self.queue: list[tuple[int, bool]] = []        # (init id, deterministic) still to run
+        self.start_requested = self.auto_start
+        self.create_timer(0.02, self.step)
+        self.publish_state()
+        self.get_logger().info(f"episode manager: {self.task}, G={self.G}, "
+                               f"init states {self.init_ids}")
+
+    # ----- inputs -----
+    def on_active(self, msg: AdapterUpdate) -> None:
+        if msg.adapter_name == self.task:
+            self.version = int(msg.version)
+
+    def on_success(self, msg: Bool) -> None:
+        self.sim_success = bool(msg.data)
+
+    def on_chunk(self, msg: ActionChunk) -> None:
+        if self.state.state == EpisodeState.RUNNING and msg.episode_id == self.state.episode_id:
+            self.chunks.append(msg)
+
+    def on_mark(self, req: MarkOutcome.Request, resp: MarkOutcome.Response):
+        running = self.state.state == EpisodeState.RUNNING
+        ep = req.episode_id or self.state.episode_id
+        if not running or ep != self.state.episode_id:
+            resp.accepted = False
+            resp.message = f"episode {ep or '(none)'} is not running (already marked or ended)"
+        elif self.mark is not None:
+            resp.accepted, resp.message = False, f"episode {ep} is already marked"
+        else:
+            self.mark = (req.outcome, "operator")
+            resp.accepted, resp.message = True, f"episode {ep} marked"
+        return resp
+
+    def on_scene_ready(self, req, resp):
+        if self.state.state != EpisodeState.RESETTING or self.reset_mode != "operator":
+            resp.success, resp.message = False, "not waiting for a scene reset"
+        else:
+            self.scene_ready = True
+            resp.success, resp.message = True, "starting the episode"
+        return resp
+
+    def on_start(self, req: StartEpisode.Request, resp: StartEpisode.Response):
+        self.start_requested = True
+        resp.accepted, resp.message = True, "groups will run"
+        resp.group_id = self.state.group_id
+        return resp
+
+    # ----- the state machine -----
+    def step(self) -> None:
+        s = self.state.state
+        if s == EpisodeState.IDLE:
+            self.maybe_start_group()
+        elif s == EpisodeState.RESETTING:
+            self.poll_reset()
+        elif s == EpisodeState.RUNNING:
+            self.poll_running()
+        elif s == EpisodeState.WAITING_FOR_UPDATE:
+            if self.version != self.group_version or \
+                    time.monotonic() - self.waiting_since > self.wait_update:
+                self.set_state(EpisodeState.IDLE)
+
+    def maybe_start_group(self) -> None:
+        if not self.start_requested or self.version is None:
+            return
+        self.group_version = self.version
+        if self.eval_ids != [-1] and self.version != self.last_eval_version and \
+                self.version % self.eval_every == 0:
+            self.last_eval_version = self.version
+            self.begin_group(f"eval-{self.task}-v{self.version:04d}", -1,
+                             [(i, True) for i in self.eval_ids])
+            return
+        if self.num_groups and self.groups_done >= self.num_groups:
+            return
+        resumed = self.resumable_group()
+        if resumed:
+            gid, init_id, done = resumed
+            self.get_logger().info(f"resuming group {gid} ({done}/{self.G} stored)")
+            self.begin_group(gid, init_id, [(init_id, False)] * (self.G - done), done)
+            return
+        init_id = self.pick_init_state()
+        gid = f"{self.task}-v{self.version:04d}-s{init_id:05d}-{uuid.uuid4().hex[:6]}"
+        self.begin_group(gid, init_id, [(init_id, False)] * self.G)
+
+    def resumable_group(self):
+        for gid in reversed(self.store.groups(self.task)):
+            meta = self.store.group_meta(self.task, gid)
+            n = len(self.store.episode_ids(self.task, gid))
+            if meta["adapter_version"] == self.version and n < self.G:
+                return gid, int(meta["init_state_id"]), n
+        return None
+
+    def pick_init_state(self) -> int:
+        ids = list(self.init_ids)
+        if self.skip_solved:
+            solved = set()
+            for gid in self.store.groups(self.task):
+                eps = self.store.read_group(self.task, gid, with_tensors=False)
+                if len(eps) >= self.G and all(e.success for e in eps):
+                    solved.add(eps[0].init_state_id)
+            ids = [i for i in ids if i not in solved] or ids
+        return int(self.rng.choice(ids))
+
+    def begin_group(self, gid: str, init_id: int, queue, done: int = 0) -> None:
+        self.state.group_id, self.state.group_index = gid, done
+        self.state.init_state_id = max(init_id, 0)
+        self.queue = list(queue)
+        self.next_episode()
+
+    def next_episode(self) -> None:
+        if not self.queue:
+            self.finish_group()
+            return
+        init_id, det = self.queue[0]
+        self.state.init_state_id, self.state.deterministic = init_id, det
+        self.state.episode_id = ""
+        self.sim_success, self.scene_ready, self.mark, self.chunks = False, False, None, []
+        self.set_state(EpisodeState.RESETTING)
+        if self.reset_mode == "service":
+            if not self.reset_client.wait_for_service(timeout_sec=0.0):
+                self.get_logger().warning("waiting for the reset_scene service ...",
+                                          throttle_duration_sec=5.0)
+            self.reset_future = None
+
+    def poll_reset(self) -> None:
+        if self.reset_mode == "operator":
+            if self.scene_ready:
+                self.begin_running()
+            return
+        if self.reset_future is None:
+            if self.reset_client.service_is_ready():
+                self.reset_future = self.reset_client.call_async(ResetScene.Request(
+                    task_id=self.task, init_state_id=self.state.init_state_id))
+            return
+        if self.reset_future.done():
+            res = self.reset_future.result()
+            self.reset_future = None
+            if res is None or not res.success:
+                self.get_logger().error(f"reset failed: {res.message if res else 'no answer'}")
+                return                                      # retried on the next tick
+            self.sim_success = False
+            self.begin_running()
+
+    def begin_running(self) -> None:
+        self.state.episode_id = f"ep-{uuid.uuid4().hex[:10]}"
+        self.started_at = time.monotonic()
+        self.set_state(EpisodeState.RUNNING)
+
+    def poll_running(self) -> None:
+        elapsed = time.monotonic() - self.started_at
+        if self.mark is not None:
+            outcome, _ = self.mark
+            if outcome == MarkOutcome.Request.DISCARD:
+                self.get_logger().info(f"episode {self.state.episode_id} discarded by operator")
+                self.set_state(EpisodeState.STORING)
+                self.next_episode()
+                return
+            self.end_episode(outcome == MarkOutcome.Request.SUCCESS,
+                             EpisodeOutcome.DECIDED_BY_OPERATOR)
+        elif self.sim_success and self.reset_mode == "service":
+            self.end_episode(True, EpisodeOutcome.DECIDED_BY_SIMULATOR)
+        elif elapsed > self.max_s or len(self.chunks) >= self.max_chunks:
+            self.end_episode(False, EpisodeOutcome.DECIDED_BY_TIMEOUT)
+
+    def end_episode(self, success: bool, decided_by: int) -> None:
+        self.set_state(EpisodeState.STORING)
+        duration = time.monotonic() - self.started_at
+        chunks = list(self.chunks)
+        versions = {(c.adapter_name, c.adapter_version) for c in chunks}
+        init_id, det = self.queue[0]
+        outcome = EpisodeOutcome(
+            episode_id=self.state.episode_id, group_id=self.state.group_id, task_id=self.task,
+            init_state_id=max(init_id, 0), reward=1.0 if success else 0.0, success=success,
+            decided_by=decided_by, adapter_name=self.task, duration_s=duration,
+            chunk_count=len(chunks))
+        outcome.adapter_version = chunks[0].adapter_version if chunks else (self.version or 0)
+        if not chunks or len(versions) != 1:
+            why = "no chunks" if not chunks else f"chunks from several versions {versions}"
+            self.get_logger().warning(f"episode {self.state.episode_id} not stored: {why}; "
+                                      "running it again")
+            self.next_episode()
+            return
+        if not det:
+            try:
+                self.store.write_episode(self.to_record(chunks, outcome, decided_by))
+            except StoreError as e:
+                self.get_logger().error(f"{e}; the episode is discarded and run again")
+                self.next_episode()
+                return
+        outcome.header.stamp = self.get_clock().now().to_msg()
+        self.pub_outcome.publish(outcome)
+        self.get_logger().info(
+            f"{'eval ' if det else ''}episode {outcome.episode_id} v{outcome.adapter_version} "
+            f"init {init_id}: {'success' if success else 'failure'} ({DECIDED[decided_by]}, "
+            f"{len(chunks)} chunks, {duration:.1f} s)")
+        self.queue.pop(0)
+        self.state.group_index += 1
+        self.next_episode()
+
+    def to_record(self, chunks: list[ActionChunk], o: EpisodeOutcome, decided_by: int
+                  ) -> EpisodeRecord:
+        c0 = chunks[0]
+        Ta, Da = c0.horizon, c0.action_dim
+        Kp = len(c0.log_probs)
+        tensors = {
+            "images": torch.from_numpy(np.stack([np.stack([image_to_numpy(i) for i in c.images])
+                                                 for c in chunks])),
+            "states": torch.tensor(np.array([c.joint_positions for c in chunks]),
+                                   dtype=torch.float32),
+            "chains": torch.tensor(np.array([np.asarray(c.chain, np.float32).reshape(
+                Kp + 1, Ta, Da) for c in chunks])),
+            "log_probs": torch.tensor(np.array([np.asarray(c.log_probs, np.float32)
+                                                for c in chunks])),
+            "executed": torch.tensor([c.executed_steps for c in chunks])}
+        return EpisodeRecord(
+            episode_id=o.episode_id, group_id=o.group_id, task=self.task,
+            init_state_id=o.init_state_id, adapter_name=c0.adapter_name,
+            adapter_version=c0.adapter_version, instruction=c0.instruction, reward=o.reward,
+            success=o.success, decided_by=DECIDED[decided_by], duration_s=o.duration_s,
+            tensors=tensors)
+
+    def finish_group(self) -> None:
+        gid = self.state.group_id
+        if gid.startswith("eval-"):
+            self.set_state(EpisodeState.IDLE)
+            return
+        eps = self.store.read_group(self.task, gid, with_tensors=False)
+        msg = GroupReady(group_id=gid, task_id=self.task, init_state_id=eps[0].init_state_id,
+                         adapter_name=eps[0].adapter_name, adapter_version=eps[0].adapter_version,
+                         episode_paths=[str(e.path) for e in eps],
+                         rewards=[e.reward for e in eps])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_group.publish(msg)
+        self.groups_done += 1
+        self.get_logger().info(f"group {gid} ready: {sum(e.success for e in eps)}/{len(eps)} "
+                               "successes")
+        if len({e.reward for e in eps}) == 1:
+            self.set_state(EpisodeState.IDLE)        # no signal: the learner will not update
+            return
+        self.waiting_since = time.monotonic()
+        self.set_state(EpisodeState.WAITING_FOR_UPDATE)
+
+    def set_state(self, state: int) -> None:
+        self.state.state = state
+        self.publish_state()
+
+    def publish_state(self) -> None:
+        self.state.header.stamp = self.get_clock().now().to_msg()
+        self.pub_state.publish(self.state)
+
+
+def main() -> None:
+    run(EpisodeManagerNode, threads=2)
+
+
+if __name__ == "__main__":
+    main()

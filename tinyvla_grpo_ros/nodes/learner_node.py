@@ -1,0 +1,197 @@
+"""learner_node: GRPO on the task adapters from stored groups; publishes new adapter versions.
+
+Subscribes  group_ready (GroupReady, reliable + transient-local history).
+Publishes   adapter_update (AdapterUpdate, latched, one per task): path + version + sha256 of the
+            newest version, with the update's metrics; learner_metrics.csv in the adapter root.
+At start it resumes from the newest complete version on disk (writing v0000 = the SFT start when
+there is none) and rescans the rollout store for complete groups of that version not yet learned
+from. Groups of an older version are dropped (stale); updates run in a worker thread, on CUDA
+when available. A version is written atomically (meta.json last), so a learner killed mid-write
+leaves the previous version as the newest complete one.
+"""
+from __future__ import annotations
+
+import csv
+import queue
+import threading
+import time
+from pathlib import Path
+
+import torch
+from rclpy.node import Node
+from tinyvla_grpo_interfaces.msg import AdapterUpdate, GroupReady
+
+from ..core.adapters import (
+    AdaptedPolicy,
+    AdapterConfig,
+    list_versions,
+    read_adapter_version,
+    save_adapter_version,
+    version_dir,
+)
+from ..core.checkpoint import load_checkpoint
+from ..core.learner import GRPOConfig, GRPOLearner
+from ..core.rollout_store import RolloutStore
+from ..core.sampler import DiffusionSampler
+from .ros_common import LATCHED_HISTORY, declare, run
+
+
+class LearnerNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("learner_node", **kwargs)
+        ckpt = declare(self, "checkpoint", "", "SFT checkpoint directory")
+        if not ckpt:
+            raise ValueError("parameter 'checkpoint' is required")
+        self.tasks = list(declare(self, "tasks", ["reach-v3"], "tasks = adapter names"))
+        self.root = Path(declare(self, "adapter_root", "runs/adapters", "adapter versions"))
+        self.store = RolloutStore(Path(declare(self, "store_root", "runs/rollouts",
+                                               "rollout store directory")))
+        preset = declare(self, "trainable_preset", "adapters", "adapters, head, "
+                         "adapters+head+norms, adapters+last_k_blocks+head or full")
+        rank = declare(self, "lora_rank", 8, "LoRA rank", 1, 256)
+        self.groups_per_update = declare(self, "groups_per_update", 1, "groups per update", 1,
+                                         1000)
+        cfg = GRPOConfig(
+            group_size=declare(self, "group_size", 8, "G", 2, 1024),
+            lr=declare(self, "lr", 1e-4, "Adam learning rate", 1e-8, 1.0),
+            epochs=declare(self, "epochs", 4, "passes over each batch", 1, 100),
+            minibatch_size=declare(self, "minibatch_size", 32, "chunks per step", 1, 100000),
+            micro_batch_size=declare(self, "micro_batch_size", 32, "chunks per forward", 1,
+                                     100000),
+            clip_low=declare(self, "clip_low", 0.2, "PPO clip below 1", 0.0, 1.0),
+            clip_high=declare(self, "clip_high", 0.28, "PPO clip above 1", 0.0, 10.0),
+            kl_coef=declare(self, "kl_coef", 0.0, "KL to the SFT reference", 0.0, 100.0),
+            denoise_discount=declare(self, "denoise_discount", 1.0, "per-step discount", 0.01,
+                                     1.0),
+            device=declare(self, "device", "auto", "auto, cpu or cuda"))
+        model, sampler_cfg, _ = load_checkpoint(Path(ckpt))
+        self.policy = AdaptedPolicy(model, AdapterConfig(preset=preset, rank=rank), self.tasks)
+        self.sampler = DiffusionSampler(model.config, sampler_cfg)
+        self.learner = GRPOLearner(self.policy, self.sampler, cfg)
+        self.pub = self.create_publisher(AdapterUpdate, "adapter_update", LATCHED_HISTORY)
+        self.versions: dict[str, int] = {}
+        self.learned: set[str] = set()
+        self.pending: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.metrics_path = self.root / "learner_metrics.csv"
+        for task in self.tasks:
+            self.resume(task)
+        self.create_subscription(GroupReady, "group_ready", self.on_group, LATCHED_HISTORY)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.work, name="grpo", daemon=True)
+        self.thread.start()
+        self.get_logger().info(f"learner ready on {self.learner.device}: preset {preset}, "
+                               f"versions {self.versions}")
+
+    def resume(self, task: str) -> None:
+        versions = list_versions(self.root, task)
+        self.policy.activate(task)
+        loaded = None
+        for v in reversed(versions):                    # newest version that reads back intact
+            try:
+                state, meta = read_adapter_version(version_dir(self.root, task, v), self.root)
+                self.policy.load_adapter_state(state, task)
+                loaded = v
+                break
+            except ValueError as e:
+                self.get_logger().error(f"skipping {task} v{v}: {e}")
+        if loaded is None:
+            loaded = (versions[-1] + 1) if versions else 0
+            save_adapter_version(self.policy, self.root, loaded, parent=None)
+        self.versions[task] = loaded
+        self.learned = {line.split(",")[2] for line in self._metric_lines()}
+        for gid in self.store.groups(task):
+            meta = self.store.group_meta(task, gid)
+            n = len(self.store.episode_ids(task, gid))
+            if meta["adapter_version"] == loaded and n >= self.learner.cfg.group_size \
+                    and gid not in self.learned:
+                self.pending.put((task, gid))
+        self.publish(task, parent=None, metrics={})
+
+    def _metric_lines(self) -> list[str]:
+        if not self.metrics_path.is_file():
+            return []
+        return self.metrics_path.read_text().splitlines()[1:]
+
+    def on_group(self, msg: GroupReady) -> None:
+        if msg.task_id not in self.tasks or msg.group_id in self.learned:
+            return
+        if msg.adapter_version != self.versions[msg.task_id]:
+            self.get_logger().info(f"dropping stale group {msg.group_id} (v{msg.adapter_version}"
+                                   f", learner at v{self.versions[msg.task_id]})")
+            return
+        self.pending.put((msg.task_id, msg.group_id))
+
+    def work(self) -> None:
+        batch: dict[str, list[str]] = {}
+        while not self.stop.is_set():
+            try:
+                task, gid = self.pending.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if gid in self.learned or gid in batch.get(task, []):
+                continue
+            batch.setdefault(task, []).append(gid)
+            if len(batch[task]) >= self.groups_per_update:
+                try:
+                    self.update(task, batch.pop(task))
+                except Exception as e:  # noqa: BLE001 - keep the last good version, keep running
+                    self.get_logger().error(f"update failed, keeping v{self.versions[task]}: "
+                                            f"{e!r}")
+
+    def update(self, task: str, group_ids: list[str]) -> None:
+        groups = [self.store.read_group(task, g) for g in group_ids]
+        groups = [g for g in groups if g and g[0].adapter_version == self.versions[task]]
+        if not groups:
+            return
+        t0 = time.perf_counter()
+        self.policy.activate(task)
+        self.learner.rebuild_optimizer()
+        stats = self.learner.update(groups)
+        if stats.optimizer_steps == 0:
+            self.learned.update(group_ids)
+            self.get_logger().info(f"{task}: no update from {group_ids} ({stats.groups_skipped} "
+                                   f"of {stats.groups} groups without reward variance); staying "
+                                   f"at v{self.versions[task]}")
+            return
+        parent = self.versions[task]
+        version = parent + 1
+        metrics = stats.as_dict() | {"seconds": time.perf_counter() - t0}
+        save_adapter_version(self.policy, self.root, version, parent, metrics)
+        self.versions[task] = version
+        self.learned.update(group_ids)
+        new_file = not self.metrics_path.is_file()
+        with open(self.metrics_path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new_file:
+                w.writerow(["task", "version", "group_id"] + list(metrics))
+            for g in group_ids:
+                w.writerow([task, version, g] + [f"{v:.6g}" for v in metrics.values()])
+        self.get_logger().info(
+            f"{task} v{version}: {stats.groups - stats.groups_skipped}/{stats.groups} groups "
+            f"with signal, loss {stats.loss:.4f}, approx_kl {stats.approx_kl:.4f}, "
+            f"clip {stats.clip_fraction:.2f}, {metrics['seconds']:.1f} s")
+        self.publish(task, parent, metrics)
+
+    def publish(self, task: str, parent: int | None, metrics: dict[str, float]) -> None:
+        v = self.versions[task]
+        d = version_dir(self.root, task, v)
+        _, meta = read_adapter_version(d, self.root)
+        msg = AdapterUpdate(adapter_name=task, version=v, parent_version=parent or 0,
+                            path=str(d.resolve()), sha256=meta["sha256"],
+                            metric_names=list(metrics), metric_values=[float(x) for x in
+                                                                        metrics.values()])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub.publish(msg)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+def main() -> None:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    run(LearnerNode, threads=2)
+
+
+if __name__ == "__main__":
+    main()

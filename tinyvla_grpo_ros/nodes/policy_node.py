@@ -1,0 +1,357 @@
+"""policy_node: samples action chunks from cameras + joint states, commands the arm, hot-swaps.
+
+Subscribes  <camera_topics> (sensor_msgs/Image), joint_states, episode_state (EpisodeState),
+            adapter_update (AdapterUpdate, latched), estop (std_msgs/Bool).
+Publishes   action_chunk (ActionChunk: actions + everything GRPO needs to re-score them),
+            the command (joint_trajectory mode: JointTrajectory on `controller_topic`; chunk mode:
+            the ActionChunk itself, which sim_node executes), active_adapter (latched),
+            /diagnostics (DiagnosticArray).
+Serves      select_adapter (SelectAdapter.srv), enable (std_srvs/SetBool).
+
+A decision is made when an episode RUNS, the node is enabled, no e-stop is latched, and an image
+newer than the last decision's has arrived; inputs older than `stale_after_s` give no command.
+Inference runs in a worker thread, never on the executor. Adapter versions are read and verified
+in a loader thread and applied in place between two chunks; by default only outside RUNNING
+episodes (`swap_between: groups`), so a group never mixes versions.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from builtin_interfaces.msg import Duration
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from rclpy.time import Time
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool
+from std_srvs.srv import SetBool
+from tinyvla_grpo_interfaces.msg import ActionChunk, AdapterUpdate, EpisodeState
+from tinyvla_grpo_interfaces.srv import SelectAdapter
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from ..core.adapters import AdapterConfig
+from ..core.policy_runtime import PolicyRuntime
+from ..core.safety import ActionLimits
+from ..sim.metaworld_scene import ACTION_NAMES, JOINT_NAMES
+from .ros_common import LATCHED, RELIABLE, BadImage, declare, image_to_numpy, run
+
+
+class PolicyNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("policy_node", **kwargs)
+        ckpt = declare(self, "checkpoint", "", "SFT checkpoint directory")
+        if not ckpt:
+            raise ValueError("parameter 'checkpoint' is required")
+        self.tasks = list(declare(self, "tasks", ["reach-v3"], "tasks = adapter names served"))
+        self.instructions = dict(zip(self.tasks, declare(
+            self, "instructions", ["reach the red goal"], "instruction per task (same order)")))
+        root = declare(self, "adapter_root", "runs/adapters", "directory of adapter versions")
+        preset = declare(self, "trainable_preset", "adapters", "preset the learner trains")
+        rank = declare(self, "lora_rank", 8, "LoRA rank (as the learner)", 1, 256)
+        self.cameras = list(declare(self, "camera_topics", ["image_raw"], "camera image topics"))
+        self.joint_names = list(declare(self, "joint_names", list(JOINT_NAMES),
+                                        "state order the model was trained with"))
+        self.action_names = list(declare(self, "action_names", list(ACTION_NAMES),
+                                         "names of the action dimensions"))
+        self.mode = declare(self, "command_mode", "chunk", "chunk (sim) or joint_trajectory")
+        controller = declare(self, "controller_topic",
+                             "/joint_trajectory_controller/joint_trajectory",
+                             "JointTrajectory topic in joint_trajectory mode")
+        self.control_dt = 1.0 / declare(self, "control_rate_hz", 80.0, "arm control rate",
+                                        1.0, 2000.0)
+        self.n_exec = declare(self, "executed_steps", 4, "actions executed per chunk", 1, 256)
+        self.stale_after = declare(self, "stale_after_s", 1.0, "max age of inputs", 0.01, 60.0)
+        self.swap_between = declare(self, "swap_between", "groups",
+                                    "apply new adapters between: groups or chunks")
+        seed = declare(self, "seed", 0, "sampling seed", 0, 2**31 - 1)
+        self.enabled = declare(self, "enabled", True, "command the arm at all")
+        lo = declare(self, "action_low", [-1.0] * len(self.action_names), "per-dim lower limit")
+        hi = declare(self, "action_high", [1.0] * len(self.action_names), "per-dim upper limit")
+        max_delta = declare(self, "max_delta_per_step", 0.0,
+                            "max change of an action between steps (0 = off)", 0.0, 1e6)
+        device = declare(self, "device", "cpu", "torch device")
+        if self.mode not in ("chunk", "joint_trajectory"):
+            raise ValueError(f"command_mode must be chunk or joint_trajectory, got {self.mode!r}")
+        self.limits = ActionLimits(np.array(lo), np.array(hi), max_delta)
+        self.runtime = PolicyRuntime(Path(ckpt), self.tasks, Path(root),
+                                     AdapterConfig(preset=preset, rank=rank),
+                                     {"executed_steps": self.n_exec}, device)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.images: dict[str, Image] = {}
+        self.joints: JointState | None = None
+        self.episode = EpisodeState()
+        self.estop = False
+        self.last_decision_stamp: dict[str, int] = {}
+        self.chunk_index = 0
+        self.pending = None
+        self.busy = threading.Lock()
+        self.stats = {"decisions": 0, "missed": 0, "swaps": 0, "rejected": 0, "stale": 0}
+        self.problem = ""
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.loader = ThreadPoolExecutor(1, thread_name_prefix="adapter_loader")
+
+        for topic in self.cameras:
+            self.create_subscription(Image, topic,
+                                     lambda m, t=topic: self.images.__setitem__(t, m),
+                                     qos_profile_sensor_data)
+        self.create_subscription(JointState, "joint_states", self.on_joints,
+                                 qos_profile_sensor_data)
+        self.create_subscription(EpisodeState, "episode_state", self.on_episode, LATCHED)
+        self.create_subscription(AdapterUpdate, "adapter_update", self.on_update, LATCHED)
+        self.create_subscription(Bool, "estop", self.on_estop, RELIABLE)
+        self.pub_chunk = self.create_publisher(ActionChunk, "action_chunk", RELIABLE)
+        self.pub_traj = self.create_publisher(JointTrajectory, controller, RELIABLE)
+        self.pub_active = self.create_publisher(AdapterUpdate, "active_adapter", LATCHED)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(SelectAdapter, "select_adapter", self.on_select)
+        self.create_service(SetBool, "enable", self.on_enable)
+        self.period = self.n_exec * self.control_dt
+        self.create_timer(min(self.period, 0.02), self.decide)
+        self.create_timer(1.0, self.publish_diagnostics)
+        self.publish_active()
+        self.get_logger().info(f"policy ready: tasks {self.tasks}, {self.mode} mode, "
+                               f"decision every {self.period * 1e3:.0f} ms")
+
+    # ----- inputs -----
+    def on_joints(self, msg: JointState) -> None:
+        self.joints = msg
+
+    def on_episode(self, msg: EpisodeState) -> None:
+        was_running = self.episode.state == EpisodeState.RUNNING
+        self.episode = msg
+        if msg.task_id and msg.task_id in self.tasks and msg.task_id != self.runtime.active[0]:
+            self.runtime.select_task(msg.task_id)
+        if msg.state == EpisodeState.RUNNING and msg.episode_id != getattr(self, "_ep", None):
+            self._ep, self.chunk_index = msg.episode_id, 0
+        if was_running and msg.state != EpisodeState.RUNNING:
+            self.send_hold("episode ended")
+        self.maybe_apply_pending()
+
+    def on_estop(self, msg: Bool) -> None:
+        if msg.data and not self.estop:
+            self.get_logger().error("e-stop: holding the arm until the e-stop topic is cleared")
+            self.send_hold("e-stop")
+        self.estop = bool(msg.data)
+
+    def on_enable(self, req: SetBool.Request, resp: SetBool.Response):
+        self.enabled = bool(req.data)
+        if not self.enabled:
+            self.send_hold("disabled")
+        resp.success, resp.message = True, f"policy {'enabled' if self.enabled else 'disabled'}"
+        return resp
+
+    def observation(self) -> tuple[np.ndarray, np.ndarray, Time] | str:
+        """(images (Nc, H, W, 3), state (Ds,), oldest stamp) or a string naming the problem."""
+        now = self.get_clock().now()
+        imgs, stamps = [], []
+        for topic in self.cameras:
+            msg = self.images.get(topic)
+            if msg is None:
+                return f"no image yet on {topic}"
+            try:
+                imgs.append(image_to_numpy(msg))
+            except BadImage as e:
+                return f"bad image on {topic}: {e}"
+            stamps.append(Time.from_msg(msg.header.stamp))
+        if len({i.shape for i in imgs}) > 1:
+            return f"cameras disagree on image size: {[i.shape for i in imgs]}"
+        if self.joints is None:
+            return "no joint_states yet"
+        pos = dict(zip(self.joints.name, self.joints.position))
+        missing = [j for j in self.joint_names if j not in pos]
+        if missing:
+            return f"joint_states lacks {missing}"
+        state = np.array([pos[j] for j in self.joint_names], np.float64)
+        if not np.all(np.isfinite(state)):
+            return f"non-finite joint positions {state.tolist()}"
+        stamps.append(Time.from_msg(self.joints.header.stamp))
+        oldest = min(stamps, key=lambda t: t.nanoseconds)
+        if (now - oldest).nanoseconds * 1e-9 > self.stale_after:
+            return f"stale inputs: oldest is {(now - oldest).nanoseconds * 1e-9:.2f} s old"
+        return np.stack(imgs), state, oldest
+
+    # ----- decisions -----
+    def decide(self) -> None:
+        if self.episode.state != EpisodeState.RUNNING or not self.enabled or self.estop:
+            return
+        stamp = {t: Time.from_msg(m.header.stamp).nanoseconds for t, m in self.images.items()}
+        if not stamp or stamp == self.last_decision_stamp:
+            return                                           # no fresh image since last chunk
+        if not self.busy.acquire(blocking=False):
+            waited = time.monotonic() - getattr(self, "_fresh_since", time.monotonic())
+            if waited > self.period:
+                self.stats["missed"] += 1
+            return
+        self._fresh_since = time.monotonic()
+        obs = self.observation()
+        if isinstance(obs, str):
+            self.busy.release()
+            self.stats["stale"] += 1
+            self.set_problem(obs)
+            return
+        self.last_decision_stamp = stamp
+        self.set_problem("")
+        self.worker.submit(self.infer, obs, self.episode)
+
+    def infer(self, obs, episode: EpisodeState) -> None:
+        try:
+            images, state, oldest = obs
+            task = episode.task_id or self.tasks[0]
+            chunk, adapter, version = self.runtime.act(
+                images, state, self.instructions.get(task, task), self.gen,
+                deterministic=episode.deterministic)
+            actions = self.limits.apply(chunk.actions[0].numpy(), state, self.action_names,
+                                        self.joint_names)
+            msg = self.to_message(chunk, actions, adapter, version, episode, obs)
+            if self.episode.state != EpisodeState.RUNNING or self.episode.episode_id != \
+                    episode.episode_id or not self.enabled or self.estop:
+                return                                       # the episode ended meanwhile
+            self.pub_chunk.publish(msg)
+            if self.mode == "joint_trajectory":
+                self.pub_traj.publish(self.to_trajectory(actions[: self.n_exec]))
+            self.stats["decisions"] += 1
+            self.chunk_index += 1
+            if self.swap_between == "chunks":
+                self.maybe_apply_pending()
+        except Exception as e:  # noqa: BLE001 - a failed decision must not kill the node
+            self.get_logger().error(f"inference failed: {e!r}")
+            self.set_problem(f"inference failed: {e}")
+        finally:
+            self.busy.release()
+
+    def to_message(self, chunk, actions, adapter, version, episode, obs) -> ActionChunk:
+        images, state, oldest = obs
+        scfg = self.runtime.sampler.cfg
+        s = self.runtime.sampler
+        idx = s.stochastic_indices
+        msg = ActionChunk(
+            episode_id=episode.episode_id, chunk_index=self.chunk_index,
+            task_id=episode.task_id, adapter_name=adapter, adapter_version=version,
+            action_names=self.action_names, horizon=actions.shape[0],
+            action_dim=actions.shape[1], actions=actions.astype(np.float32).ravel().tolist(),
+            executed_steps=self.n_exec, scheduler=scfg.scheduler,
+            num_inference_steps=scfg.num_inference_steps,
+            step_timesteps=s.timesteps[idx].tolist(),
+            prev_timesteps=s.prev_timesteps[idx].tolist(),
+            chain=chunk.chain[0].numpy().ravel().tolist(),
+            log_probs=chunk.log_probs[0].numpy().tolist(), eta=scfg.eta,
+            min_sampling_std=scfg.min_sampling_std, min_logprob_std=scfg.min_logprob_std,
+            noise_clip=scfg.noise_clip, observation_stamp=oldest.to_msg(),
+            images=[self.images[t] for t in self.cameras], camera_names=self.cameras,
+            joint_names=self.joint_names, joint_positions=state.tolist(),
+            instruction=self.instructions.get(episode.task_id, episode.task_id))
+        msg.header.stamp = self.get_clock().now().to_msg()
+        return msg
+
+    def to_trajectory(self, actions: np.ndarray) -> JointTrajectory:
+        traj = JointTrajectory(joint_names=self.action_names)
+        for i, a in enumerate(actions):
+            t = (i + 1) * self.control_dt
+            traj.points.append(JointTrajectoryPoint(
+                positions=a.tolist(), time_from_start=Duration(sec=int(t),
+                                                               nanosec=int((t % 1) * 1e9))))
+        return traj
+
+    def send_hold(self, why: str) -> None:
+        """Stop the arm where it is: an empty chunk (sim) / the current positions (controller)."""
+        hold = ActionChunk(action_names=self.action_names, horizon=0,
+                           action_dim=len(self.action_names), executed_steps=0)
+        hold.header.stamp = self.get_clock().now().to_msg()
+        self.pub_chunk.publish(hold)
+        if self.mode == "joint_trajectory" and self.joints is not None:
+            pos = dict(zip(self.joints.name, self.joints.position))
+            if all(n in pos for n in self.action_names):
+                self.pub_traj.publish(self.to_trajectory(np.array([[pos[n] for n in
+                                                                    self.action_names]])))
+        self.get_logger().info(f"hold sent ({why})")
+
+    # ----- adapters -----
+    def on_update(self, msg: AdapterUpdate) -> None:
+        if msg.adapter_name not in self.tasks:
+            return
+        if msg.version == self.runtime.versions.get(msg.adapter_name):
+            return
+        self.loader.submit(self.prepare, msg.adapter_name, msg.version, msg.path, msg.sha256)
+
+    def prepare(self, adapter: str, version: int, path: str | None, sha: str | None) -> None:
+        try:
+            prepared = self.runtime.prepare_swap(adapter, version, path or None, sha or None)
+        except (ValueError, OSError) as e:
+            self.stats["rejected"] += 1
+            self.get_logger().error(f"adapter {adapter} v{version} rejected, keeping "
+                                    f"v{self.runtime.versions[adapter]}: {e}")
+            self.set_problem(f"adapter v{version} rejected: {e}")
+            return
+        self.pending = prepared
+        self.maybe_apply_pending()
+
+    def maybe_apply_pending(self) -> None:
+        p = self.pending
+        if p is None:
+            return
+        if self.swap_between == "groups" and self.episode.state == EpisodeState.RUNNING:
+            return
+        self.pending = None
+        held_ms = self.runtime.apply_swap(p)
+        self.stats["swaps"] += 1
+        self.last_swap_ms = {"load_ms": p.load_ms, "apply_ms": held_ms}
+        self.get_logger().info(f"adapter {p.adapter} now v{p.version} (verified in "
+                               f"{p.load_ms:.1f} ms, swapped in {held_ms:.2f} ms)")
+        self.publish_active()
+
+    def on_select(self, req: SelectAdapter.Request, resp: SelectAdapter.Response):
+        try:
+            prepared = self.runtime.prepare_swap(req.adapter_name, req.version)
+        except (ValueError, OSError) as e:
+            resp.accepted, resp.message = False, str(e)
+            resp.active_version = self.runtime.versions.get(req.adapter_name, 0)
+            return resp
+        self.pending = prepared
+        self.maybe_apply_pending()
+        resp.accepted = True
+        resp.active_version = self.runtime.versions[req.adapter_name]
+        resp.message = ("active" if resp.active_version == req.version
+                        else "verified; applies when the running episode ends")
+        return resp
+
+    def publish_active(self) -> None:
+        adapter, version = self.runtime.active
+        msg = AdapterUpdate(adapter_name=adapter, version=version)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_active.publish(msg)
+
+    # ----- diagnostics -----
+    def set_problem(self, text: str) -> None:
+        if text and text != self.problem:
+            self.get_logger().warning(f"no command: {text}")
+        self.problem = text
+
+    def publish_diagnostics(self) -> None:
+        st = DiagnosticStatus(name="tinyvla_grpo/policy_node", hardware_id="policy",
+                              level=DiagnosticStatus.WARN if self.problem else DiagnosticStatus.OK,
+                              message=self.problem or "ok")
+        adapter, version = self.runtime.active
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in
+                     self.stats.items()] + [KeyValue(key="adapter", value=f"{adapter}"),
+                                            KeyValue(key="version", value=str(version))]
+        arr = DiagnosticArray(status=[st])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(arr)
+
+    def close(self) -> None:
+        self.worker.shutdown(wait=True, cancel_futures=True)
+        self.loader.shutdown(wait=True, cancel_futures=True)
+
+
+def main() -> None:
+    run(PolicyNode, threads=4)
+
+
+if __name__ == "__main__":
+    main()
