@@ -40,7 +40,9 @@ def numpy_to_image(img: np.ndarray, stamp, frame_id: str = "camera") -> Image:
     h, w, _ = img.shape
     msg = Image(height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3,
                 data=np.ascontiguousarray(img, dtype=np.uint8).tobytes())
-    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    msg.header.frame_id = frame_id
+    if stamp is not None:
+        msg.header.stamp = stamp
     return msg
 
 
