@@ -22,8 +22,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
-
 from tinyvla_grpo_interfaces.msg import ActionChunk, AdapterUpdate, EpisodeState
+
 from tinyvla_grpo_ros.core.adapters import AdaptedPolicy, AdapterConfig, save_adapter_version
 from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
 from tinyvla_grpo_ros.core.config import ModelConfig, SamplerConfig
@@ -76,7 +76,8 @@ def policy_bench(tmp: Path, decisions: int, swaps: int) -> None:
                              lambda m: active.setdefault(m.version, time.perf_counter()), LATCHED)
     node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: missed.extend(
         int(kv.value) for s in m.status for kv in s.values if kv.key == "missed"), 10)
-    pub_ep.publish(EpisodeState(state=EpisodeState.RUNNING, episode_id="bench", task_id="reach-v3"))
+    pub_ep.publish(EpisodeState(state=EpisodeState.RUNNING, episode_id="bench",
+                                task_id="reach-v3"))
     img = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
 
     def observe():
@@ -116,8 +117,9 @@ def policy_bench(tmp: Path, decisions: int, swaps: int) -> None:
                 spin(ex, 0.05)
             swap_ms.append((active.get(v, float("nan")) - t0) * 1e3)
         spin(ex, 1.5)                                    # one more diagnostics message
-        print(f"hot-swap end to end over {swaps} swaps: median {statistics.median(swap_ms):.1f} ms")
-        print(f"hotswap_ms={statistics.median(swap_ms):.1f}")
+        med = statistics.median(swap_ms)
+        print(f"hot-swap end to end over {swaps} swaps: median {med:.1f} ms")
+        print(f"hotswap_ms={med:.1f}")
         print(f"missed_decisions={max(missed) if missed else -1}")
     finally:
         node.destroy_node()
