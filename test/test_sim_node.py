@@ -68,3 +68,31 @@ def test_scripted_expert_reaches_success_and_the_node_reports_it(sim):
     state["success"].clear()
     assert client.call(SetBool, "/arm1/scripted_expert", SetBool.Request(data=True)).success
     assert client.spin_until(lambda: True in state["success"], 30)
+
+
+def test_two_sim_instances_in_namespaces_are_independent(tmp_path):
+    """Parallel rollouts: each namespace has its own scene; resetting one leaves the other."""
+    from tinyvla_grpo_ros.launcher import Launch
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    launch = Launch(root / "config" / "sim_loop.yaml",
+                    {"sim_node": {"image_size": "32", "idle_image_hz": "0.0"}},
+                    only=["sim_node"], robots=["/r1", "/r2"], log_dir=tmp_path)
+    client = Client("multi_sim")
+    imgs = {"r1": [], "r2": []}
+    for r in imgs:
+        client.node.create_subscription(Image, f"/{r}/image_raw", imgs[r].append,
+                                        qos_profile_sensor_data)
+    try:
+        client.call(ResetScene, "/r1/reset_scene", ResetScene.Request(init_state_id=1))
+        client.call(ResetScene, "/r2/reset_scene", ResetScene.Request(init_state_id=2))
+        assert client.spin_until(lambda: imgs["r1"] and imgs["r2"], 20)
+        a, b = image_to_numpy(imgs["r1"][-1]), image_to_numpy(imgs["r2"][-1])
+        assert not np.array_equal(a, b)                   # different init states, own scenes
+        imgs["r2"].clear()
+        client.call(ResetScene, "/r1/reset_scene", ResetScene.Request(init_state_id=2))
+        assert client.spin_until(lambda: len(imgs["r1"]) >= 2, 20)
+        assert np.array_equal(image_to_numpy(imgs["r1"][-1]), b) and not imgs["r2"]
+    finally:
+        client.close()
+        launch.stop()
+    assert all(p.returncode == 0 for p in launch.procs.values())

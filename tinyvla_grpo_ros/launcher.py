@@ -2,10 +2,13 @@
 
     python -m tinyvla_grpo_ros.launcher config/sim_loop.yaml [--set node.param=value ...]
                                         [--only sim_node policy_node] [--ns /arm1]
+                                        [--robots /arm1 /arm2]
 
 Each top-level section of the YAML (sim_node, policy_node, episode_manager_node, learner_node) is
 one process `python -m tinyvla_grpo_ros.nodes.<section> --ros-args --params-file <yaml> -p ...`.
 Ctrl-C stops them all cleanly; if one exits, the others are stopped and its exit code returned.
+With --robots, sim/policy/episode manager start once per namespace and one learner serves them
+all over the absolute topics /group_ready and /adapter_update (parallel rollouts, one learner).
 """
 from __future__ import annotations
 
@@ -20,6 +23,11 @@ from pathlib import Path
 import yaml
 
 NODES = ("sim_node", "policy_node", "episode_manager_node", "learner_node")
+ROBOT_NODES = ("sim_node", "policy_node", "episode_manager_node")
+SHARED_TOPICS = {"policy_node": {"adapter_update_topic": "/adapter_update"},
+                 "episode_manager_node": {"group_ready_topic": "/group_ready"},
+                 "learner_node": {"adapter_update_topic": "/adapter_update",
+                                  "group_ready_topic": "/group_ready"}}
 
 
 def node_command(section: str, params_file: Path, overrides: dict[str, str], ns: str = ""
@@ -50,8 +58,8 @@ class Launch:
     """The processes of one params file; `stop()` sends SIGINT, then SIGKILL after a grace."""
 
     def __init__(self, params_file: Path, overrides: dict[str, dict[str, str]] | None = None,
-                 only: list[str] | None = None, ns: str = "", log_dir: Path | None = None
-                 ) -> None:
+                 only: list[str] | None = None, ns: str = "", log_dir: Path | None = None,
+                 robots: list[str] | None = None) -> None:
         sections = yaml.safe_load(Path(params_file).read_text())
         self.names = [n for n in sections if n in NODES and (not only or n in only)]
         unknown = set(overrides or {}) - set(self.names)
@@ -60,10 +68,17 @@ class Launch:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         self.procs: dict[str, subprocess.Popen] = {}
-        for name in self.names:
-            out = open(Path(log_dir) / f"{name}.log", "w") if log_dir else None
-            self.procs[name] = subprocess.Popen(
-                node_command(name, Path(params_file), (overrides or {}).get(name, {}), ns),
+        runs = [(name, ns, name) for name in self.names]
+        if robots:
+            runs = [(n, r, f"{r.strip('/')}.{n}") for r in robots for n in self.names
+                    if n in ROBOT_NODES] + [(n, ns, n) for n in self.names
+                                            if n not in ROBOT_NODES]
+        for name, node_ns, label in runs:
+            params = dict(SHARED_TOPICS.get(name, {})) if robots else {}
+            params.update((overrides or {}).get(name, {}))
+            out = open(Path(log_dir) / f"{label}.log", "w") if log_dir else None
+            self.procs[label] = subprocess.Popen(
+                node_command(name, Path(params_file), params, node_ns),
                 env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
 
     def poll(self) -> tuple[str, int] | None:
@@ -93,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="node.param=value")
     ap.add_argument("--only", nargs="*", help="start only these node sections")
     ap.add_argument("--ns", default="", help="ROS namespace for every node")
+    ap.add_argument("--robots", nargs="*", help="namespaces of several robots, one learner")
     args = ap.parse_args(argv)
-    launch = Launch(args.params_file, parse_overrides(args.set), args.only, args.ns)
-    print(f"started {', '.join(launch.names)}; Ctrl-C stops them", flush=True)
+    launch = Launch(args.params_file, parse_overrides(args.set), args.only, args.ns,
+                    robots=args.robots)
+    print(f"started {', '.join(launch.procs)}; Ctrl-C stops them", flush=True)
     try:
         while (ended := launch.poll()) is None:
             time.sleep(0.2)

@@ -61,10 +61,13 @@ class EpisodeManagerNode(Node):
         self.skip_solved = declare(self, "skip_solved", False,
                                    "skip init states whose last group all succeeded")
         seed = declare(self, "seed", 0, "init-state order seed", 0, 2**31 - 1)
+        ready_topic = declare(self, "group_ready_topic", "group_ready",
+                              "GroupReady topic (absolute when one learner serves robots)")
+        self.robot = self.get_namespace().strip("/").replace("/", "-") or "robot"
         self.rng = np.random.default_rng(seed)
         self.pub_state = self.create_publisher(EpisodeState, "episode_state", LATCHED)
         self.pub_outcome = self.create_publisher(EpisodeOutcome, "episode_outcome", RELIABLE)
-        self.pub_group = self.create_publisher(GroupReady, "group_ready", LATCHED_HISTORY)
+        self.pub_group = self.create_publisher(GroupReady, ready_topic, LATCHED_HISTORY)
         self.create_subscription(ActionChunk, "action_chunk", self.on_chunk, RELIABLE)
         self.create_subscription(AdapterUpdate, "active_adapter", self.on_active, LATCHED)
         self.create_subscription(Bool, "success", self.on_success, LATCHED)
@@ -161,11 +164,13 @@ class EpisodeManagerNode(Node):
             self.begin_group(gid, init_id, [(init_id, False)] * (self.G - done), done)
             return
         init_id = self.pick_init_state()
-        gid = f"{self.task}-v{self.version:04d}-s{init_id:05d}-{uuid.uuid4().hex[:6]}"
+        gid = f"{self.robot}-{self.task}-v{self.version:04d}-s{init_id:05d}-{uuid.uuid4().hex[:6]}"
         self.begin_group(gid, init_id, [(init_id, False)] * self.G)
 
     def resumable_group(self):
         for gid in reversed(self.store.groups(self.task)):
+            if not gid.startswith(self.robot + "-"):
+                continue                                # another robot's group
             meta = self.store.group_meta(self.task, gid)
             n = len(self.store.episode_ids(self.task, gid))
             if meta["adapter_version"] == self.version and n < self.G:

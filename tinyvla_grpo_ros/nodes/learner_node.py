@@ -68,14 +68,17 @@ class LearnerNode(Node):
         self.policy = AdaptedPolicy(model, AdapterConfig(preset=preset, rank=rank), self.tasks)
         self.sampler = DiffusionSampler(model.config, sampler_cfg)
         self.learner = GRPOLearner(self.policy, self.sampler, cfg)
-        self.pub = self.create_publisher(AdapterUpdate, "adapter_update", LATCHED_HISTORY)
+        update_topic = declare(self, "adapter_update_topic", "adapter_update",
+                               "AdapterUpdate topic")
+        ready_topic = declare(self, "group_ready_topic", "group_ready", "GroupReady topic")
+        self.pub = self.create_publisher(AdapterUpdate, update_topic, LATCHED_HISTORY)
         self.versions: dict[str, int] = {}
         self.learned: set[str] = set()
         self.pending: queue.Queue[tuple[str, str]] = queue.Queue()
         self.metrics_path = self.root / "learner_metrics.csv"
         for task in self.tasks:
             self.resume(task)
-        self.create_subscription(GroupReady, "group_ready", self.on_group, LATCHED_HISTORY)
+        self.create_subscription(GroupReady, ready_topic, self.on_group, LATCHED_HISTORY)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.work, name="grpo", daemon=True)
         self.thread.start()

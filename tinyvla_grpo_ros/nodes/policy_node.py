@@ -39,7 +39,7 @@ from ..core.adapters import AdapterConfig
 from ..core.policy_runtime import PolicyRuntime
 from ..core.safety import ActionLimits
 from ..sim.metaworld_scene import ACTION_NAMES, JOINT_NAMES
-from .ros_common import LATCHED, RELIABLE, BadImage, declare, image_to_numpy, run
+from .ros_common import LATCHED, LATCHED_HISTORY, RELIABLE, BadImage, declare, image_to_numpy, run
 
 
 class PolicyNode(Node):
@@ -69,6 +69,10 @@ class PolicyNode(Node):
         self.stale_after = declare(self, "stale_after_s", 1.0, "max age of inputs", 0.01, 60.0)
         self.swap_between = declare(self, "swap_between", "groups",
                                     "apply new adapters between: groups or chunks")
+        if self.swap_between not in ("groups", "chunks"):
+            raise ValueError(f"swap_between must be groups or chunks, got {self.swap_between!r}")
+        update_topic = declare(self, "adapter_update_topic", "adapter_update",
+                               "AdapterUpdate topic (absolute when one learner serves robots)")
         seed = declare(self, "seed", 0, "sampling seed", 0, 2**31 - 1)
         self.enabled = declare(self, "enabled", True, "command the arm at all")
         lo = declare(self, "action_low", [-1.0] * len(self.action_names), "per-dim lower limit")
@@ -104,7 +108,7 @@ class PolicyNode(Node):
         self.create_subscription(JointState, "joint_states", self.on_joints,
                                  qos_profile_sensor_data)
         self.create_subscription(EpisodeState, "episode_state", self.on_episode, LATCHED)
-        self.create_subscription(AdapterUpdate, "adapter_update", self.on_update, LATCHED)
+        self.create_subscription(AdapterUpdate, update_topic, self.on_update, LATCHED_HISTORY)
         self.create_subscription(Bool, "estop", self.on_estop, RELIABLE)
         self.pub_chunk = self.create_publisher(ActionChunk, "action_chunk", RELIABLE)
         self.pub_traj = self.create_publisher(JointTrajectory, controller, RELIABLE)
@@ -309,8 +313,11 @@ class PolicyNode(Node):
         p = self.pending
         if p is None:
             return
-        if self.swap_between == "groups" and self.episode.state == EpisodeState.RUNNING:
-            return
+        between_groups = self.episode.state in (EpisodeState.IDLE,
+                                                EpisodeState.WAITING_FOR_UPDATE)
+        if self.swap_between == "groups" and not between_groups:
+            return                    # never inside a group: its episodes share one version
+        # "chunks": apply_swap takes the runtime lock, so it lands between two chunks.
         self.pending = None
         held_ms = self.runtime.apply_swap(p)
         self.stats["swaps"] += 1
