@@ -14,7 +14,7 @@ STAMPS=$VENV/.stamps
 log() { printf '[setup] %s\n' "$*"; }
 
 # 1. Debian packages (only what is missing; needs root or sudo).
-DEB_PKGS=(libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 cmake g++)
+DEB_PKGS=(libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 cmake g++ chromium)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -39,7 +39,8 @@ def overrides(tmp: Path, ckpt: Path) -> dict:
                           "trainable_preset": "adapters", "lora_rank": 4},
           "episode_manager_node": {"group_size": 4, "num_groups": 2, "init_state_ids": "[3]",
                                    "eval_init_state_ids": "[-1]", "max_chunks": 1000,
-                                   "max_episode_s": 60.0, "store_root": tmp / "rollouts"},
+                                   "max_episode_s": 60.0, "store_root": tmp / "rollouts",
+                                   "panel_port": 0},
           "learner_node": {"checkpoint": ckpt, "adapter_root": tmp / "adapters",
                            "store_root": tmp / "rollouts", "group_size": 4, "lr": 0.001,
                            "trainable_preset": "adapters", "lora_rank": 4, "epochs": 2}}

@@ -8,18 +8,29 @@ next group starts once policy_node reports a new adapter version (or after `wait
 After a restart, an unfinished group of the current version is resumed; a half-run episode was
 never stored, so it is simply run again. Every `eval_every` versions, `eval_init_state_ids` run
 with the deterministic sampler (reported, never learned from).
+
+Operator actions are ROS services first (mark_outcome, scene_ready, pause_learning,
+rollback_adapter -> policy_node's select_adapter, start); the web panel (panel_server.py) and
+a gamepad / foot pedal (sensor_msgs/Joy on `joy`, rising edges, hold-to-confirm) call the same
+methods.
 """
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from collections import defaultdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, Joy
 from std_msgs.msg import Bool
-from std_srvs.srv import Trigger
+from std_srvs.srv import SetBool, Trigger
 from tinyvla_grpo_interfaces.msg import (
     ActionChunk,
     AdapterUpdate,
@@ -27,10 +38,18 @@ from tinyvla_grpo_interfaces.msg import (
     EpisodeState,
     GroupReady,
 )
-from tinyvla_grpo_interfaces.srv import MarkOutcome, ResetScene, StartEpisode
+from tinyvla_grpo_interfaces.srv import MarkOutcome, ResetScene, SelectAdapter, StartEpisode
 
 from ..core.rollout_store import EpisodeRecord, RolloutStore, StoreError
-from .ros_common import LATCHED, LATCHED_HISTORY, RELIABLE, declare, image_to_numpy, run
+from ..operator_input import JoyMarker
+from .panel_server import PanelServer
+from .ros_common import LATCHED, LATCHED_HISTORY, RELIABLE, BadImage, declare, image_to_numpy, run
+
+OUTCOMES = {"success": MarkOutcome.Request.SUCCESS, "failure": MarkOutcome.Request.FAILURE,
+            "discard": MarkOutcome.Request.DISCARD}
+STATE_NAMES = {EpisodeState.IDLE: "IDLE", EpisodeState.RESETTING: "RESETTING",
+               EpisodeState.RUNNING: "RUNNING", EpisodeState.STORING: "STORING",
+               EpisodeState.WAITING_FOR_UPDATE: "WAITING_FOR_UPDATE"}
 
 DECIDED = {EpisodeOutcome.DECIDED_BY_OPERATOR: "operator",
            EpisodeOutcome.DECIDED_BY_SIMULATOR: "simulator",
@@ -64,6 +83,15 @@ class EpisodeManagerNode(Node):
         ready_topic = declare(self, "group_ready_topic", "group_ready",
                               "GroupReady topic (absolute when one learner serves robots)")
         self.robot = self.get_namespace().strip("/").replace("/", "-") or "robot"
+        panel_port = declare(self, "panel_port", 8080, "web panel port (0 = any, -1 = off)",
+                             -1, 65535)
+        panel_host = declare(self, "panel_host", "127.0.0.1", "web panel bind address")
+        panel_token = declare(self, "panel_token", "", "required when not bound to localhost")
+        joy_map = {a: declare(self, f"joy_{a}_button", -1, f"Joy button for {a} (-1 = none)",
+                              -1, 127) for a in ("success", "failure", "discard", "ready")}
+        joy_hold = declare(self, "joy_hold_s", 0.3, "hold a Joy button this long to confirm",
+                           0.0, 10.0)
+        image_topic = declare(self, "image_topic", "image_raw", "camera for the panel thumbnail")
         self.rng = np.random.default_rng(seed)
         self.pub_state = self.create_publisher(EpisodeState, "episode_state", LATCHED)
         self.pub_outcome = self.create_publisher(EpisodeOutcome, "episode_outcome", RELIABLE)
@@ -74,6 +102,24 @@ class EpisodeManagerNode(Node):
         self.create_service(MarkOutcome, "mark_outcome", self.on_mark)
         self.create_service(Trigger, "scene_ready", self.on_scene_ready)
         self.create_service(StartEpisode, "start", self.on_start)
+        self.create_service(SetBool, "pause_learning", self.on_pause)
+        reentrant = ReentrantCallbackGroup()
+        self.create_service(SelectAdapter, "rollback_adapter", self.on_select,
+                            callback_group=reentrant)
+        self.select_client = self.create_client(SelectAdapter, "select_adapter",
+                                                callback_group=reentrant)
+        self.joy = JoyMarker(joy_map, joy_hold)
+        self.create_subscription(Joy, "joy", self.on_joy, 10)
+        self.create_subscription(Image, image_topic, self.on_image, qos_profile_sensor_data)
+        self.create_subscription(AdapterUpdate, "adapter_update", self.on_learner,
+                                 LATCHED_HISTORY)
+        self.mark_lock = threading.Lock()
+        self.marks = {"accepted": 0, "refused": 0}
+        self.paused = False
+        self.last_image: Image | None = None
+        self.learner_status: dict[str, float | str] = {}
+        self.history: dict[int, dict[str, list[bool]]] = defaultdict(
+            lambda: {"explore": [], "eval": []})
         self.reset_client = self.create_client(ResetScene, reset_srv)
         self.version: int | None = None
         self.state = EpisodeState(state=EpisodeState.IDLE, task_id=self.task, group_size=self.G)
@@ -89,6 +135,11 @@ class EpisodeManagerNode(Node):
         self.start_requested = self.auto_start
         self.create_timer(0.02, self.step)
         self.publish_state()
+        self.panel = None
+        if panel_port >= 0:
+            self.panel = PanelServer(self, panel_host, panel_port, panel_token)
+            self.panel.start()
+            self.get_logger().info(f"operator panel on http://{panel_host}:{self.panel.port}/")
         self.get_logger().info(f"episode manager: {self.task}, G={self.G}, "
                                f"init states {self.init_ids}")
 
@@ -104,26 +155,110 @@ class EpisodeManagerNode(Node):
         if self.state.state == EpisodeState.RUNNING and msg.episode_id == self.state.episode_id:
             self.chunks.append(msg)
 
+    def mark_episode(self, episode_id: str, outcome: str | int, source: str) -> tuple[bool, str]:
+        """Mark the running episode once; every further mark of it is refused (double click)."""
+        code = OUTCOMES.get(outcome, outcome) if isinstance(outcome, str) else outcome
+        if code not in OUTCOMES.values():
+            return False, f"unknown outcome {outcome!r}; use success, failure or discard"
+        with self.mark_lock:
+            running = self.state.state == EpisodeState.RUNNING
+            ep = episode_id or self.state.episode_id
+            if not running or ep != self.state.episode_id:
+                ok, msg = False, f"episode {ep or '(none)'} is not running (marked or ended)"
+            elif self.mark is not None:
+                ok, msg = False, f"episode {ep} is already marked"
+            else:
+                self.mark = (code, source)
+                ok, msg = True, f"episode {ep} marked {outcome} ({source})"
+            self.marks["accepted" if ok else "refused"] += 1
+        return ok, msg
+
     def on_mark(self, req: MarkOutcome.Request, resp: MarkOutcome.Response):
-        running = self.state.state == EpisodeState.RUNNING
-        ep = req.episode_id or self.state.episode_id
-        if not running or ep != self.state.episode_id:
-            resp.accepted = False
-            resp.message = f"episode {ep or '(none)'} is not running (already marked or ended)"
-        elif self.mark is not None:
-            resp.accepted, resp.message = False, f"episode {ep} is already marked"
-        else:
-            self.mark = (req.outcome, "operator")
-            resp.accepted, resp.message = True, f"episode {ep} marked"
+        resp.accepted, resp.message = self.mark_episode(req.episode_id, req.outcome, "service")
         return resp
 
-    def on_scene_ready(self, req, resp):
+    def scene_is_ready(self) -> tuple[bool, str]:
         if self.state.state != EpisodeState.RESETTING or self.reset_mode != "operator":
-            resp.success, resp.message = False, "not waiting for a scene reset"
-        else:
-            self.scene_ready = True
-            resp.success, resp.message = True, "starting the episode"
+            return False, "not waiting for a scene reset"
+        self.scene_ready = True
+        return True, "starting the episode"
+
+    def on_scene_ready(self, req, resp):
+        resp.success, resp.message = self.scene_is_ready()
         return resp
+
+    def set_paused(self, paused: bool) -> tuple[bool, str]:
+        self.paused = paused
+        return True, ("learning paused: no new group starts" if paused else "learning resumed")
+
+    def on_pause(self, req: SetBool.Request, resp: SetBool.Response):
+        resp.success, resp.message = self.set_paused(bool(req.data))
+        return resp
+
+    def rollback(self, version: int) -> tuple[bool, str]:
+        """Ask policy_node to make a stored version active (its select_adapter service)."""
+        if not self.select_client.wait_for_service(timeout_sec=2.0):
+            return False, "policy_node's select_adapter service is not available"
+        done = threading.Event()
+        fut = self.select_client.call_async(SelectAdapter.Request(adapter_name=self.task,
+                                                                  version=int(version)))
+        fut.add_done_callback(lambda _: done.set())
+        if not done.wait(10.0) or fut.result() is None:
+            return False, "policy_node did not answer"
+        r = fut.result()
+        return bool(r.accepted), r.message
+
+    def on_select(self, req: SelectAdapter.Request, resp: SelectAdapter.Response):
+        resp.accepted, resp.message = self.rollback(req.version)
+        resp.active_version = self.version or 0
+        return resp
+
+    def on_joy(self, msg: Joy) -> None:
+        for action in self.joy.update(list(msg.buttons), time.monotonic()):
+            ok, text = (self.scene_is_ready() if action == "ready"
+                        else self.mark_episode("", action, "joy"))
+            self.get_logger().info(f"joy {action}: {text}")
+
+    def on_image(self, msg: Image) -> None:
+        self.last_image = msg
+
+    def on_learner(self, msg: AdapterUpdate) -> None:
+        if msg.adapter_name == self.task and msg.metric_names:
+            self.learner_status = {"version": int(msg.version)} | {
+                k: float(v) for k, v in zip(msg.metric_names, msg.metric_values)
+                if k in ("loss", "approx_kl", "clip_fraction", "grad_norm", "skipped_fraction",
+                         "groups", "seconds")}
+
+    def thumbnail_png(self) -> bytes | None:
+        msg = self.last_image
+        if msg is None:
+            return None
+        try:
+            img = image_to_numpy(msg)
+        except BadImage:
+            return None
+        scale = max(1, 192 // max(img.shape[:2]))
+        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        ok, png = cv2.imencode(".png", img[..., ::-1])
+        return png.tobytes() if ok else None
+
+    def snapshot(self) -> dict:
+        s = self.state
+        rate = lambda xs: (sum(xs) / len(xs)) if xs else None  # noqa: E731
+        return {
+            "task": self.task, "state": STATE_NAMES.get(s.state, str(s.state)),
+            "episode_id": s.episode_id if s.state == EpisodeState.RUNNING else "",
+            "episode_marked": self.mark is not None, "group_id": s.group_id,
+            "group_index": int(s.group_index), "group_size": self.G,
+            "adapter": self.task, "version": self.version, "paused": self.paused,
+            "waiting_for_operator_reset": s.state == EpisodeState.RESETTING
+            and self.reset_mode == "operator",
+            "marks_accepted": self.marks["accepted"], "marks_refused": self.marks["refused"],
+            "versions": [{"version": v, "explore_episodes": len(h["explore"]),
+                          "explore_success": rate(h["explore"]),
+                          "eval_episodes": len(h["eval"]), "eval_success": rate(h["eval"])}
+                         for v, h in sorted(self.history.items())],
+            "learner": self.learner_status}
 
     def on_start(self, req: StartEpisode.Request, resp: StartEpisode.Response):
         self.start_requested = True
@@ -146,7 +281,7 @@ class EpisodeManagerNode(Node):
                 self.set_state(EpisodeState.IDLE)
 
     def maybe_start_group(self) -> None:
-        if not self.start_requested or self.version is None:
+        if not self.start_requested or self.version is None or self.paused:
             return
         self.group_version = self.version
         if self.eval_ids != [-1] and self.version != self.last_eval_version and \
@@ -276,6 +411,7 @@ class EpisodeManagerNode(Node):
                 return
         outcome.header.stamp = self.get_clock().now().to_msg()
         self.pub_outcome.publish(outcome)
+        self.history[outcome.adapter_version]["eval" if det else "explore"].append(success)
         self.get_logger().info(
             f"{'eval ' if det else ''}episode {outcome.episode_id} v{outcome.adapter_version} "
             f"init {init_id}: {'success' if success else 'failure'} ({DECIDED[decided_by]}, "
@@ -336,8 +472,13 @@ class EpisodeManagerNode(Node):
         self.pub_state.publish(self.state)
 
 
+    def close(self) -> None:
+        if self.panel is not None:
+            self.panel.stop()
+
+
 def main() -> None:
-    run(EpisodeManagerNode, threads=2)
+    run(EpisodeManagerNode, threads=3)
 
 
 if __name__ == "__main__":

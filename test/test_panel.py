@@ -1,0 +1,147 @@
+"""The operator panel in a real headless Chromium (Playwright) against the running nodes."""
+import json
+import shutil
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
+from tinyvla_grpo_ros.core.config import ModelConfig, SamplerConfig
+from tinyvla_grpo_ros.core.model import TinyVLAPolicy
+from tinyvla_grpo_ros.core.rollout_store import RolloutStore
+from tinyvla_grpo_ros.launcher import Launch
+from tinyvla_grpo_ros.nodes.panel_server import PanelServer
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+class FakeBackend:
+    def snapshot(self):
+        return {"ok": True}
+
+    def mark_episode(self, episode_id, outcome, source):
+        return True, "marked"
+
+    def scene_is_ready(self):
+        return False, "no"
+
+    def set_paused(self, paused):
+        return True, "paused"
+
+    def rollback(self, version):
+        return True, f"v{version}"
+
+    def thumbnail_png(self):
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url, headers=None):
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.status, json.loads(r.read())
+
+
+def test_panel_beyond_localhost_needs_a_token_and_checks_it():
+    with pytest.raises(ValueError, match="panel_token"):
+        PanelServer(FakeBackend(), host="0.0.0.0", port=0)
+    panel = PanelServer(FakeBackend(), host="127.0.0.1", port=0, token="s3cret")
+    panel.start()
+    try:
+        base = f"http://127.0.0.1:{panel.port}"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            get(base + "/api/state")
+        assert e.value.code == 401
+        assert get(base + "/api/state", {"X-Panel-Token": "s3cret"}) == (200, {"ok": True})
+        assert get(base + "/api/state?token=s3cret")[0] == 200
+        bad = urllib.request.Request(base + "/api/mark", data=b"[1, 2]", method="POST",
+                                     headers={"X-Panel-Token": "s3cret"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(bad, timeout=5)
+        assert e.value.code == 400
+    finally:
+        panel.stop()
+
+
+@pytest.fixture
+def running_loop(tmp_path):
+    torch.manual_seed(0)
+    mcfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
+    ckpt = save_checkpoint(tmp_path / "sft", TinyVLAPolicy(mcfg), SamplerConfig(executed_steps=4))
+    port = free_port()
+    ov = {"sim_node": {"image_size": 32, "max_steps": 10000, "pace": "wall"},
+          "policy_node": {"checkpoint": ckpt, "adapter_root": tmp_path / "adapters",
+                          "trainable_preset": "adapters"},
+          "episode_manager_node": {"group_size": 2, "num_groups": 1, "init_state_ids": "[4]",
+                                   "eval_init_state_ids": "[-1]", "max_episode_s": 120.0,
+                                   "max_chunks": 100000, "store_root": tmp_path / "rollouts",
+                                   "panel_port": port}}
+    ov = {n: {k: str(v) for k, v in d.items()} for n, d in ov.items()}
+    launch = Launch(ROOT / "config" / "sim_loop.yaml", ov,
+                    only=["sim_node", "policy_node", "episode_manager_node"], log_dir=tmp_path)
+    yield f"http://127.0.0.1:{port}", RolloutStore(tmp_path / "rollouts"), launch, tmp_path
+    launch.stop()
+
+
+def test_panel_marks_once_on_double_click_and_the_chart_updates(running_loop):
+    playwright = pytest.importorskip("playwright.sync_api")
+    url, store, launch, tmp = running_loop
+    assert Path(CHROMIUM).exists(), "Debian chromium is installed by scripts/setup_env.sh"
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        deadline = time.monotonic() + 60
+        while True:                                  # the node may still be starting
+            try:
+                page.goto(url + "/", timeout=5000)
+                break
+            except playwright.Error:
+                assert time.monotonic() < deadline and launch.poll() is None, \
+                    (tmp / "episode_manager_node.log").read_text()[-2000:]
+                time.sleep(0.5)
+        assert "operator panel" in page.title()
+        page.wait_for_function("document.getElementById('state').textContent === 'RUNNING'",
+                               timeout=60000)
+        assert page.get_attribute("#chart", "data-points") == "0"
+        episode = page.text_content("#episode")
+        page.dblclick("#success")                    # an operator's double click
+        page.wait_for_function(
+            "document.getElementById('episode').textContent !== " + json.dumps(episode),
+            timeout=30000)
+        # stored exactly once, as a success decided by the operator
+        gid = store.groups("reach-v3")[0]
+        eps = store.read_group("reach-v3", gid, with_tensors=False)
+        assert [e.episode_id for e in eps] == [episode]
+        assert eps[0].reward == 1.0 and eps[0].decided_by == "operator"
+        state = json.loads(page.evaluate("fetch('/api/state').then(r => r.text())"))
+        assert state["marks_accepted"] == 1
+        # the chart shows the new point; the camera thumbnail is live
+        page.wait_for_function("document.getElementById('chart').dataset.points === '1'",
+                               timeout=10000)
+        page.wait_for_function("document.getElementById('thumb').naturalWidth > 0",
+                               timeout=10000)
+        # the keyboard shortcut marks the next episode a failure
+        page.wait_for_function("document.getElementById('state').textContent === 'RUNNING'",
+                               timeout=60000)
+        second = page.text_content("#episode")
+        page.keyboard.press("f")
+        deadline = time.monotonic() + 30
+        while len(store.episode_ids("reach-v3", gid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        eps = store.read_group("reach-v3", gid, with_tensors=False)
+        assert {e.episode_id: e.reward for e in eps}[second] == 0.0
+        page.screenshot(path=str(tmp / "panel.png"))
+        browser.close()
