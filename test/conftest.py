@@ -1,9 +1,23 @@
-"""Test-wide settings: DDS stays on this host and every test run gets its own ROS domain."""
+"""Test-wide settings: DDS stays on this host, and every test gets its own ROS domain.
+
+A fresh ROS_DOMAIN_ID per test keeps one test's processes (or the discovery data of a process
+a test SIGKILLed) from being seen by the next test; the base is random per run so that two runs
+on one machine do not share domains either.
+"""
+import itertools
 import os
 import random
 
+import pytest
+
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-if "TINYVLA_TEST_DOMAIN_SET" not in os.environ:
-    # 1..100 keeps clear of the default domain 0 and of the ports of high domain ids.
-    os.environ["ROS_DOMAIN_ID"] = str(random.Random(os.getpid()).randint(1, 100))
-    os.environ["TINYVLA_TEST_DOMAIN_SET"] = "1"
+_BASE = random.Random(os.getpid()).randint(1, 115)
+_DOMAINS = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def ros_domain(monkeypatch):
+    domain = 1 + (_BASE + next(_DOMAINS)) % 230          # valid ids: 0..232 on Linux
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    return domain

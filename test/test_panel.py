@@ -122,6 +122,11 @@ def test_panel_marks_once_on_double_click_and_the_chart_updates(running_loop):
             "document.getElementById('episode').textContent !== " + json.dumps(episode),
             timeout=30000)
         # stored exactly once, as a success decided by the operator
+        deadline = time.monotonic() + 30
+        while not store.groups("reach-v3") or not store.episode_ids(
+                "reach-v3", store.groups("reach-v3")[0]):
+            assert time.monotonic() < deadline, "the marked episode was not stored"
+            time.sleep(0.1)
         gid = store.groups("reach-v3")[0]
         eps = store.read_group("reach-v3", gid, with_tensors=False)
         assert [e.episode_id for e in eps] == [episode]

@@ -39,13 +39,16 @@ class SimNode(Node):
         task = declare(self, "task", "reach-v3", "Meta-World task (e.g. reach-v3)")
         size = declare(self, "image_size", 64, "camera image width = height (px)", 16, 1024)
         camera = declare(self, "camera_name", "corner2", "Meta-World camera")
+        marker = declare(self, "goal_marker_radius", 0.0,
+                         "goal drawn as a sphere of this radius, m (0 = Meta-World's)", 0.0, 0.2)
         self.max_steps = declare(self, "max_steps", 150, "control steps before timeout", 1, 100000)
         self.pace = declare(self, "pace", "wall", "wall (real time) or fast (as fast as it can)")
         self.publish_clock = declare(self, "publish_clock", False, "publish /clock (sim time)")
         idle_hz = declare(self, "idle_image_hz", 2.0, "image rate while no actions run", 0.0, 60.0)
         if self.pace not in ("wall", "fast"):
             raise ValueError(f"pace must be 'wall' or 'fast', got {self.pace!r}")
-        self.scene = MetaWorldScene(task, image_size=size, camera=camera, max_steps=self.max_steps)
+        self.scene = MetaWorldScene(task, image_size=size, camera=camera, max_steps=self.max_steps,
+                                    goal_marker_radius=marker)
         self.lock = threading.Lock()
         self.queue: deque[np.ndarray] = deque()
         self.sim_time = 0.0

@@ -54,7 +54,10 @@ class StepResult:
 
 class MetaWorldScene:
     def __init__(self, task: str = "reach-v3", image_size: int = 64, camera: str = "corner2",
-                 max_steps: int = 150) -> None:
+                 max_steps: int = 150, goal_marker_radius: float = 0.0) -> None:
+        """goal_marker_radius > 0 draws the goal site as a sphere of that radius (m): rendering
+        only (sites do not collide; success keeps Meta-World's own distance test). Meta-World's
+        2 cm marker is one or two pixels in a 64 px frame."""
         if task not in _benchmark_names():
             raise ValueError(f"unknown Meta-World task {task!r}")
         self.task, self.image_size, self.camera = task, image_size, camera
@@ -63,6 +66,8 @@ class MetaWorldScene:
         self.env = bench.train_classes[task](render_mode="rgb_array", camera_name=camera,
                                              width=image_size, height=image_size)
         self.env.set_task(bench.train_tasks[0])
+        if goal_marker_radius > 0:
+            self.env.model.site_size[self.env.model.site("goal").id][0] = goal_marker_radius
         self.instruction = INSTRUCTIONS.get(task, task.removesuffix("-v3").replace("-", " "))
         self.obs: np.ndarray | None = None
         self.steps = 0

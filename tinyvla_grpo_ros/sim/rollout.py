@@ -26,9 +26,9 @@ def scene_observation(scene: MetaWorldScene) -> Observation:
 
 def record_expert_demos(task: str, n: int, out_dir: Path, image_size: int = 64,
                         decision_every: int = 4, first_init_id: int = 0,
-                        max_steps: int = 150) -> list[Path]:
+                        max_steps: int = 150, **scene_kw) -> list[Path]:
     """Record `n` scripted-expert episodes (frames at decision points only)."""
-    scene = MetaWorldScene(task, image_size=image_size, max_steps=max_steps)
+    scene = MetaWorldScene(task, image_size=image_size, max_steps=max_steps, **scene_kw)
     expert = expert_policy(task)
     paths = []
     for k in range(n):
@@ -83,8 +83,8 @@ def run_policy_episode(scene: MetaWorldScene, model: TinyVLAPolicy, sampler: Dif
 
 def success_rate(task: str, model: TinyVLAPolicy, sampler: DiffusionSampler,
                  init_ids: list[int], image_size: int, deterministic: bool = True,
-                 seed: int = 0, max_steps: int = 150) -> float:
-    scene = MetaWorldScene(task, image_size=image_size, max_steps=max_steps)
+                 seed: int = 0, max_steps: int = 150, **scene_kw) -> float:
+    scene = MetaWorldScene(task, image_size=image_size, max_steps=max_steps, **scene_kw)
     gen = torch.Generator().manual_seed(seed)
     wins = [run_policy_episode(scene, model, sampler, i, deterministic, gen).success
             for i in init_ids]

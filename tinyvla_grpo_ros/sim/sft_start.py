@@ -32,9 +32,14 @@ EVAL_FIRST_ID = 10_000       # held-out init states start here (demos use 0..N-1
 
 def build_sft_start(task: str = "reach-v3", demos: int = 20, steps: int = 1500,
                     preset: str = "tiny", eval_episodes: int = 20, seed: int = 0,
-                    cache: Path = Path("cache/sft"), executed_steps: int = 4) -> Path:
+                    cache: Path = Path("cache/sft"), executed_steps: int = 4,
+                    camera: str = "corner2", goal_marker_radius: float = 0.0) -> Path:
     settings = dict(task=task, demos=demos, steps=steps, preset=preset, seed=seed,
                     eval_episodes=eval_episodes, executed_steps=executed_steps, format=1)
+    scene_kw = {}
+    if camera != "corner2" or goal_marker_radius > 0:   # keeps earlier cache keys valid
+        scene_kw = dict(camera=camera, goal_marker_radius=goal_marker_radius)
+        settings.update(scene_kw)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     out = Path(cache) / f"{task}-{key}"
     if (out / "config.json").is_file():
@@ -46,7 +51,7 @@ def build_sft_start(task: str = "reach-v3", demos: int = 20, steps: int = 1500,
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"[sft_start] recording {demos} expert demonstrations of {task} ...", flush=True)
     record_expert_demos(task, demos, tmp / "demos", image_size=mcfg.image_size,
-                        decision_every=executed_steps)
+                        decision_every=executed_steps, **scene_kw)
     torch.manual_seed(seed)
     model = TinyVLAPolicy(mcfg)
     train_sft(model, load_demos(tmp / "demos"), SFTConfig(steps=steps, seed=seed),
@@ -54,7 +59,7 @@ def build_sft_start(task: str = "reach-v3", demos: int = 20, steps: int = 1500,
     scfg = SamplerConfig(executed_steps=executed_steps)
     sampler = DiffusionSampler(mcfg, scfg)
     ids = list(range(EVAL_FIRST_ID, EVAL_FIRST_ID + eval_episodes))
-    rate = success_rate(task, model, sampler, ids, mcfg.image_size)
+    rate = success_rate(task, model, sampler, ids, mcfg.image_size, **scene_kw)
     save_checkpoint(tmp, model, scfg, meta=dict(settings, sft_success=rate,
                                                 eval_init_ids=[ids[0], ids[-1]],
                                                 seconds=round(time.time() - t0, 1)))
@@ -75,9 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-episodes", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path("cache/sft"))
+    ap.add_argument("--camera", default="corner2")
+    ap.add_argument("--goal-marker-radius", type=float, default=0.0)
     args = ap.parse_args(argv)
     out = build_sft_start(args.task, args.demos, args.steps, args.preset, args.eval_episodes,
-                          args.seed, args.cache)
+                          args.seed, args.cache, camera=args.camera,
+                          goal_marker_radius=args.goal_marker_radius)
     _, _, meta = load_checkpoint(out)
     print(json.dumps({"checkpoint": str(out), "sft_success": meta["sft_success"]}))
 
