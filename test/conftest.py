@@ -12,7 +12,9 @@ import pytest
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 _BASE = random.Random(os.getpid()).randint(1, 115)
-_DOMAINS = itertools.count()
+_DOMAINS = itertools.count(1)
+# Module-scoped fixtures start before the per-test domain is set: they get the run's own domain.
+os.environ["ROS_DOMAIN_ID"] = str(_BASE)
 
 
 @pytest.fixture(autouse=True)
