@@ -94,7 +94,10 @@ def test_closed_loop_learns_swaps_and_survives_a_killed_episode_manager(tmp_path
                 outcome = MarkOutcome.Request.SUCCESS if len(marked) % 2 == 0 else \
                     MarkOutcome.Request.FAILURE
                 resp = mark(client, st.episode_id, outcome)
-                assert resp.accepted or "already marked" in resp.message, resp.message
+                # refused only when the episode ended first (simulator success or timeout)
+                # or a retried mark already landed
+                assert resp.accepted or "already marked" in resp.message or \
+                    "not running" in resp.message, resp.message
                 again = mark(client, st.episode_id, 0)
                 assert not again.accepted                      # a double click marks once
                 marked.append(st.episode_id)
