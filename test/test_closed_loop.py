@@ -94,6 +94,8 @@ def test_closed_loop_learns_swaps_and_survives_a_killed_episode_manager(tmp_path
                 outcome = MarkOutcome.Request.SUCCESS if len(marked) % 2 == 0 else \
                     MarkOutcome.Request.FAILURE
                 resp = mark(client, st.episode_id, outcome)
+                if "no action chunk yet" in resp.message:
+                    continue                       # the manager has not seen a chunk: later
                 # refused only when the episode ended first (simulator success or timeout)
                 # or a retried mark already landed
                 assert resp.accepted or "already marked" in resp.message or \

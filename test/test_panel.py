@@ -116,6 +116,8 @@ def test_panel_marks_once_on_double_click_and_the_chart_updates(running_loop):
         page.wait_for_function("document.getElementById('state').textContent === 'RUNNING'",
                                timeout=60000)
         assert page.get_attribute("#chart", "data-points") == "0"
+        page.wait_for_function("parseInt(document.getElementById('chunks').textContent) > 0",
+                               timeout=60000)
         episode = page.text_content("#episode")
         page.dblclick("#success")                    # an operator's double click
         page.wait_for_function(
@@ -139,7 +141,8 @@ def test_panel_marks_once_on_double_click_and_the_chart_updates(running_loop):
         page.wait_for_function("document.getElementById('thumb').naturalWidth > 0",
                                timeout=10000)
         # the keyboard shortcut marks the next episode a failure
-        page.wait_for_function("document.getElementById('state').textContent === 'RUNNING'",
+        page.wait_for_function("document.getElementById('state').textContent === 'RUNNING' && "
+                               "parseInt(document.getElementById('chunks').textContent) > 0",
                                timeout=60000)
         second = page.text_content("#episode")
         page.keyboard.press("f")

@@ -167,6 +167,8 @@ class EpisodeManagerNode(Node):
                 ok, msg = False, f"episode {ep or '(none)'} is not running (marked or ended)"
             elif self.mark is not None:
                 ok, msg = False, f"episode {ep} is already marked"
+            elif not self.chunks:
+                ok, msg = False, f"episode {ep} has no action chunk yet: nothing to mark"
             else:
                 self.mark = (code, source)
                 ok, msg = True, f"episode {ep} marked {outcome} ({source})"
@@ -248,7 +250,8 @@ class EpisodeManagerNode(Node):
         return {
             "task": self.task, "state": STATE_NAMES.get(s.state, str(s.state)),
             "episode_id": s.episode_id if s.state == EpisodeState.RUNNING else "",
-            "episode_marked": self.mark is not None, "group_id": s.group_id,
+            "episode_marked": self.mark is not None, "chunks": len(self.chunks),
+            "group_id": s.group_id,
             "group_index": int(s.group_index), "group_size": self.G,
             "adapter": self.task, "version": self.version, "paused": self.paused,
             "waiting_for_operator_reset": s.state == EpisodeState.RESETTING

@@ -19,7 +19,7 @@ PAGE = """<!doctype html>
  <div class="card"><img id="thumb" alt="camera"><div id="where"></div></div>
  <div class="card">
   <div><b>State:</b> <span id="state">-</span> &nbsp; <b>Episode:</b> <span id="episode">-</span>
-  </div>
+   &nbsp; <b>Chunks:</b> <span id="chunks">0</span></div>
   <div><b>Adapter:</b> <span id="version">-</span> &nbsp; <b>Marks:</b> <span id="marks">0</span>
   </div>
   <button class="big" id="success" title="S">Success (S)</button>
@@ -91,6 +91,7 @@ async function refresh() {
   document.getElementById("pause").textContent = paused ? "Resume learning" : "Pause learning";
   document.getElementById("state").textContent = snap.state;
   document.getElementById("episode").textContent = snap.episode_id || "-";
+  document.getElementById("chunks").textContent = snap.chunks;
   document.getElementById("version").textContent = snap.adapter + " v" + snap.version;
   document.getElementById("marks").textContent = snap.marks_accepted;
   document.getElementById("where").textContent =
@@ -98,7 +99,7 @@ async function refresh() {
   const running = snap.state === "RUNNING";
   for (const id of ["success", "failure", "discard"]) {
     const b = document.getElementById(id);
-    b.disabled = !running || snap.episode_marked;
+    b.disabled = !running || snap.episode_marked || snap.chunks === 0;
   }
   document.getElementById("ready").disabled = !snap.waiting_for_operator_reset;
   const fmt = (x) => x === null ? "-" : (x * 100).toFixed(0) + "%";
