@@ -12,7 +12,7 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from ros_harness import Client
 from tinyvla_grpo_interfaces.msg import ActionChunk, AdapterUpdate, EpisodeState
-from tinyvla_grpo_interfaces.srv import MarkOutcome
+from tinyvla_grpo_interfaces.srv import MarkOutcome, SelectAdapter
 
 from tinyvla_grpo_ros.core.adapters import (
     AdaptedPolicy,
@@ -122,6 +122,14 @@ def test_closed_loop_learns_swaps_and_survives_a_killed_episode_manager(tmp_path
             raise AssertionError("the loop did not finish two groups and two updates in time; "
                                  + (tmp_path / "logs" / "learner_node.log").read_text()[-1500:])
         client.spin_until(lambda: 2 in seen["active"], 20)
+        # roll back to v1 between groups; a version that does not exist is refused
+        back = client.call(SelectAdapter, "select_adapter",
+                           SelectAdapter.Request(adapter_name=TASK, version=1))
+        assert back.accepted, back.message
+        missing = client.call(SelectAdapter, "select_adapter",
+                              SelectAdapter.Request(adapter_name=TASK, version=99))
+        assert not missing.accepted and "v0099" in missing.message
+        assert client.spin_until(lambda: seen["active"][-1] == 1, 10)
     finally:
         client.close()
         if restarted:

@@ -123,7 +123,11 @@ class EpisodeManagerNode(Node):
         self.reset_client = self.create_client(ResetScene, reset_srv)
         self.version: int | None = None
         self.state = EpisodeState(state=EpisodeState.IDLE, task_id=self.task, group_size=self.G)
-        self.groups_done, self.last_eval_version = 0, -1
+        # Groups already completed by this robot count towards num_groups, also after a restart.
+        self.groups_done = sum(
+            1 for g in self.store.groups(self.task) if g.startswith(self.robot + "-")
+            and len(self.store.episode_ids(self.task, g)) >= self.G)
+        self.last_eval_version = -1
         self.chunks: list[ActionChunk] = []
         self.mark: tuple[int, str] | None = None
         self.sim_success = False

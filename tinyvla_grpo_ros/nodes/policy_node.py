@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
@@ -114,7 +115,9 @@ class PolicyNode(Node):
         self.pub_traj = self.create_publisher(JointTrajectory, controller, RELIABLE)
         self.pub_active = self.create_publisher(AdapterUpdate, "active_adapter", LATCHED)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_service(SelectAdapter, "select_adapter", self.on_select)
+        # Reentrant: the callback waits for the loader thread without blocking decisions.
+        self.create_service(SelectAdapter, "select_adapter", self.on_select,
+                            callback_group=ReentrantCallbackGroup())
         self.create_service(SetBool, "enable", self.on_enable)
         self.period = self.n_exec * self.control_dt
         self.create_timer(min(self.period, 0.02), self.decide)
@@ -142,7 +145,8 @@ class PolicyNode(Node):
             self._ep, self.chunk_index = msg.episode_id, 0
         if was_running and msg.state != EpisodeState.RUNNING:
             self.send_hold("episode ended")
-        self.maybe_apply_pending()
+        if self.pending is not None:
+            self.loader.submit(self.maybe_apply_pending)      # tensor copies off the executor
 
     def on_estop(self, msg: Bool) -> None:
         if msg.data and not self.estop:
@@ -327,18 +331,19 @@ class PolicyNode(Node):
         self.publish_active()
 
     def on_select(self, req: SelectAdapter.Request, resp: SelectAdapter.Response):
+        def load_and_apply():
+            self.pending = self.runtime.prepare_swap(req.adapter_name, req.version)
+            self.maybe_apply_pending()
         try:
-            prepared = self.runtime.prepare_swap(req.adapter_name, req.version)
-        except (ValueError, OSError) as e:
+            self.loader.submit(load_and_apply).result(timeout=60)
+        except (ValueError, OSError, TimeoutError) as e:
             resp.accepted, resp.message = False, str(e)
             resp.active_version = self.runtime.versions.get(req.adapter_name, 0)
             return resp
-        self.pending = prepared
-        self.maybe_apply_pending()
         resp.accepted = True
         resp.active_version = self.runtime.versions[req.adapter_name]
         resp.message = ("active" if resp.active_version == req.version
-                        else "verified; applies when the running episode ends")
+                        else "verified; applies when the current group ends")
         return resp
 
     def publish_active(self) -> None:
