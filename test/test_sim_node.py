@@ -26,6 +26,8 @@ def sim(tmp_path_factory):
     from tinyvla_grpo_ros.nodes.ros_common import LATCHED
     n.create_subscription(Bool, "/arm1/success", lambda m: state["success"].append(m.data),
                           LATCHED)
+    state["done"] = []
+    n.create_subscription(Bool, "/arm1/done", lambda m: state["done"].append(m.data), LATCHED)
     yield client, state, proc
     client.close()
     stop(proc)
@@ -66,8 +68,10 @@ def test_scripted_expert_reaches_success_and_the_node_reports_it(sim):
     client, state, _ = sim
     reset(client, state, 6)
     state["success"].clear()
+    state["done"].clear()
     assert client.call(SetBool, "/arm1/scripted_expert", SetBool.Request(data=True)).success
     assert client.spin_until(lambda: True in state["success"], 30)
+    assert client.spin_until(lambda: True in state["done"], 10)       # the episode's end
 
 
 def test_two_sim_instances_in_namespaces_are_independent(tmp_path):

@@ -35,18 +35,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-states", type=int, default=8, help="held-out init states per version")
     ap.add_argument("--demos", type=int, default=60, help="expert demonstrations for SFT")
     ap.add_argument("--sft-steps", type=int, default=3000)
+    ap.add_argument("--goal-marker-radius", type=float, default=0.04,
+                    help="goal drawn this wide, m (rendering only; Meta-World's is 0.02)")
     ap.add_argument("--out", type=Path, default=Path("runs/demo"))
     ap.add_argument("--timeout-min", type=float, default=30.0)
     args = ap.parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
     t0 = time.time()
-    ckpt = build_sft_start(args.task, args.demos, args.sft_steps, cache=ROOT / "cache" / "sft")
+    ckpt = build_sft_start(args.task, args.demos, args.sft_steps, cache=ROOT / "cache" / "sft",
+                           goal_marker_radius=args.goal_marker_radius)
     run = (args.out / time.strftime("%Y%m%d-%H%M%S")).resolve()
     (run / "logs").mkdir(parents=True)
     eval_ids = list(range(10_000, 10_000 + args.eval_states)) or [-1]
     ov = {
-        "sim_node": {"task": args.task, "pace": "fast"},
+        "sim_node": {"task": args.task, "pace": "fast",
+                     "goal_marker_radius": args.goal_marker_radius},
         "policy_node": {"checkpoint": ckpt, "tasks": f"[{args.task}]",
                         "adapter_root": run / "adapters"},
         "episode_manager_node": {"task": args.task, "group_size": args.group_size,

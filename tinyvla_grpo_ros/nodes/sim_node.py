@@ -2,7 +2,8 @@
 
 Publishes   image_raw (sensor_msgs/Image rgb8, sensor-data QoS) and camera_info at decision points
             (after a reset and whenever the queued actions run out), at `idle_image_hz` otherwise;
-            joint_states (names + positions) every control step; success (std_msgs/Bool, latched);
+            joint_states (names + positions) every control step; success and done (std_msgs/Bool,
+            latched; done = success or out of steps, the episode's end as the simulator sees it);
             /clock (rosgraph_msgs/Clock) when `publish_clock` is true.
 Executes    the executed prefix of each ActionChunk on `action_chunk` (actions named ee_dx, ee_dy,
             ee_dz, gripper: Meta-World's end-effector deltas), or one action per Float64MultiArray
@@ -57,6 +58,7 @@ class SimNode(Node):
         self.pub_joints = self.create_publisher(JointState, "joint_states",
                                                 qos_profile_sensor_data)
         self.pub_success = self.create_publisher(Bool, "success", LATCHED)
+        self.pub_done = self.create_publisher(Bool, "done", LATCHED)
         self.pub_clock = self.create_publisher(Clock, "/clock", 10) if self.publish_clock else None
         self.create_subscription(ActionChunk, "action_chunk", self.on_chunk, RELIABLE)
         self.create_subscription(Float64MultiArray, "command", self.on_command, RELIABLE)
@@ -131,6 +133,7 @@ class SimNode(Node):
                 self.publish_success(True)
             if res.done:
                 self.expert = None
+                self.pub_done.publish(Bool(data=True))
             if not self.queue or res.done:
                 self.queue.clear()
                 self.publish_image()            # decision point (or end of episode)
@@ -151,6 +154,7 @@ class SimNode(Node):
 
     def publish_observation(self) -> None:
         self.publish_success(self.scene.success)
+        self.pub_done.publish(Bool(data=False))
         self.publish_joints()
         self.publish_image()
 

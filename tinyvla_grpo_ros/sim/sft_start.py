@@ -1,6 +1,7 @@
 """One command for the SFT starting point: expert demos -> SFT checkpoint -> measured success.
 
-    python -m tinyvla_grpo_ros.sim.sft_start --task reach-v3 --demos 20 --steps 1500
+    python -m tinyvla_grpo_ros.sim.sft_start --task reach-v3 --demos 60 --steps 3000 \
+        --goal-marker-radius 0.04
 
 The result is cached under `--cache` (default cache/sft) by a hash of its settings: a second call
 returns at once. N demos and SFT steps are chosen so that the policy is decent but clearly
@@ -30,7 +31,7 @@ from .rollout import record_expert_demos, success_rate
 EVAL_FIRST_ID = 10_000       # held-out init states start here (demos use 0..N-1)
 
 
-def build_sft_start(task: str = "reach-v3", demos: int = 20, steps: int = 1500,
+def build_sft_start(task: str = "reach-v3", demos: int = 60, steps: int = 3000,
                     preset: str = "tiny", eval_episodes: int = 20, seed: int = 0,
                     cache: Path = Path("cache/sft"), executed_steps: int = 4,
                     camera: str = "corner2", goal_marker_radius: float = 0.0) -> Path:
@@ -74,14 +75,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--task", default="reach-v3")
-    ap.add_argument("--demos", type=int, default=20)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--demos", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--eval-episodes", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path("cache/sft"))
     ap.add_argument("--camera", default="corner2")
-    ap.add_argument("--goal-marker-radius", type=float, default=0.0)
+    ap.add_argument("--goal-marker-radius", type=float, default=0.04,
+                    help="goal drawn this wide, m (rendering only; Meta-World draws 0.02)")
     args = ap.parse_args(argv)
     out = build_sft_start(args.task, args.demos, args.steps, args.preset, args.eval_episodes,
                           args.seed, args.cache, camera=args.camera,
