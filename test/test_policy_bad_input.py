@@ -49,6 +49,9 @@ def test_bad_inputs_give_no_command_and_a_named_diagnostic_then_recovery(tmp_pat
                                                         np.arange(len(names), dtype=float)))
         js.header.stamp = stamp
         pub_js.publish(js)
+        # Topics are not ordered with each other: let the joints land before the image that
+        # triggers the decision, or the node rightly decides with the previous (valid) joints.
+        client.spin_until(lambda: False, 0.1)
         msg = img if img is not None else numpy_to_image(good, None)
         msg.header.stamp = stamp
         pub_img.publish(msg)
@@ -64,6 +67,7 @@ def test_bad_inputs_give_no_command_and_a_named_diagnostic_then_recovery(tmp_pat
         return chunks[-1]
 
     def expect_refusal(words: str, **kw) -> None:
+        client.spin_until(lambda: False, 1.0)     # decisions on earlier good input land first
         k = len(chunks)
         diags.clear()
         for _ in range(6):
