@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,6 @@ class AdapterConfig:
     preset: str = "adapters"                # one of PRESETS
     last_k_blocks: int = 1                  # for adapters+last_k_blocks+head
     shared_rl_adapter: bool = False         # also train/enable the shared "rl" adapter
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:

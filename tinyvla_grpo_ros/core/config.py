@@ -11,7 +11,7 @@ and save to plain dicts (JSON / YAML); unknown keys are an error, never silently
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +171,6 @@ class SFTConfig:
     grad_clip: float = 1.0
     seed: int = 0
     log_every: int = 50
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):

@@ -48,10 +48,6 @@ class PolicyRuntime:
         self.versions = {a: 0 for a in adapters}           # version 0 = the SFT start
         self.lock = threading.Lock()
 
-    @property
-    def config(self):
-        return self.policy.model.config
-
     def select_task(self, adapter: str) -> None:
         with self.lock:
             self.policy.activate(adapter)

@@ -23,7 +23,6 @@ from tinyvla_grpo_interfaces.msg import AdapterUpdate, GroupReady
 
 from ..core.adapters import (
     AdaptedPolicy,
-    AdapterConfig,
     list_versions,
     read_adapter_version,
     save_adapter_version,
@@ -33,22 +32,15 @@ from ..core.checkpoint import load_checkpoint
 from ..core.learner import GRPOConfig, GRPOLearner
 from ..core.rollout_store import RolloutStore
 from ..core.sampler import DiffusionSampler
-from .ros_common import LATCHED_HISTORY, declare, run
+from .ros_common import LATCHED_HISTORY, declare, declare_model, run
 
 
 class LearnerNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("learner_node", **kwargs)
-        ckpt = declare(self, "checkpoint", "", "SFT checkpoint directory")
-        if not ckpt:
-            raise ValueError("parameter 'checkpoint' is required")
-        self.tasks = list(declare(self, "tasks", ["reach-v3"], "tasks = adapter names"))
-        self.root = Path(declare(self, "adapter_root", "runs/adapters", "adapter versions"))
+        ckpt, self.tasks, self.root, adapter_cfg = declare_model(self)
         self.store = RolloutStore(Path(declare(self, "store_root", "runs/rollouts",
                                                "rollout store directory")))
-        preset = declare(self, "trainable_preset", "adapters", "adapters, head, "
-                         "adapters+head+norms, adapters+last_k_blocks+head or full")
-        rank = declare(self, "lora_rank", 8, "LoRA rank", 1, 256)
         self.groups_per_update = declare(self, "groups_per_update", 1, "groups per update", 1,
                                          1000)
         cfg = GRPOConfig(
@@ -64,8 +56,8 @@ class LearnerNode(Node):
             denoise_discount=declare(self, "denoise_discount", 1.0, "per-step discount", 0.01,
                                      1.0),
             device=declare(self, "device", "auto", "auto, cpu or cuda"))
-        model, sampler_cfg, _ = load_checkpoint(Path(ckpt))
-        self.policy = AdaptedPolicy(model, AdapterConfig(preset=preset, rank=rank), self.tasks)
+        model, sampler_cfg, _ = load_checkpoint(ckpt)
+        self.policy = AdaptedPolicy(model, adapter_cfg, self.tasks)
         self.sampler = DiffusionSampler(model.config, sampler_cfg)
         self.learner = GRPOLearner(self.policy, self.sampler, cfg)
         update_topic = declare(self, "adapter_update_topic", "adapter_update",
@@ -82,7 +74,8 @@ class LearnerNode(Node):
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.work, name="grpo", daemon=True)
         self.thread.start()
-        self.get_logger().info(f"learner ready on {self.learner.device}: preset {preset}, "
+        self.get_logger().info(f"learner ready on {self.learner.device}: preset "
+                               f"{adapter_cfg.preset}, "
                                f"versions {self.versions}")
 
     def resume(self, task: str) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,25 +35,27 @@ from tinyvla_grpo_interfaces.msg import ActionChunk, AdapterUpdate, EpisodeState
 from tinyvla_grpo_interfaces.srv import SelectAdapter
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from ..core.adapters import AdapterConfig
 from ..core.policy_runtime import PolicyRuntime
 from ..core.safety import ActionLimits
 from ..sim.metaworld_scene import ACTION_NAMES, JOINT_NAMES
-from .ros_common import LATCHED, LATCHED_HISTORY, RELIABLE, BadImage, declare, image_to_numpy, run
+from .ros_common import (
+    LATCHED,
+    LATCHED_HISTORY,
+    RELIABLE,
+    BadImage,
+    declare,
+    declare_model,
+    image_to_numpy,
+    run,
+)
 
 
 class PolicyNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("policy_node", **kwargs)
-        ckpt = declare(self, "checkpoint", "", "SFT checkpoint directory")
-        if not ckpt:
-            raise ValueError("parameter 'checkpoint' is required")
-        self.tasks = list(declare(self, "tasks", ["reach-v3"], "tasks = adapter names served"))
+        ckpt, self.tasks, root, adapter_cfg = declare_model(self)
         self.instructions = dict(zip(self.tasks, declare(
             self, "instructions", ["reach the red goal"], "instruction per task (same order)")))
-        root = declare(self, "adapter_root", "runs/adapters", "directory of adapter versions")
-        preset = declare(self, "trainable_preset", "adapters", "preset the learner trains")
-        rank = declare(self, "lora_rank", 8, "LoRA rank (as the learner)", 1, 256)
         self.cameras = list(declare(self, "camera_topics", ["image_raw"], "camera image topics"))
         self.joint_names = list(declare(self, "joint_names", list(JOINT_NAMES),
                                         "state order the model was trained with"))
@@ -84,8 +85,7 @@ class PolicyNode(Node):
         if self.mode not in ("chunk", "joint_trajectory"):
             raise ValueError(f"command_mode must be chunk or joint_trajectory, got {self.mode!r}")
         self.limits = ActionLimits(np.array(lo), np.array(hi), max_delta)
-        self.runtime = PolicyRuntime(Path(ckpt), self.tasks, Path(root),
-                                     AdapterConfig(preset=preset, rank=rank),
+        self.runtime = PolicyRuntime(ckpt, self.tasks, root, adapter_cfg,
                                      {"executed_steps": self.n_exec}, device)
         self.gen = torch.Generator().manual_seed(seed)
         self.images: dict[str, Image] = {}
@@ -97,6 +97,7 @@ class PolicyNode(Node):
         self.image_arrival = time.monotonic()
         self.chunk_index = 0
         self.pending = None
+        self.swap_lock = threading.Lock()
         self.busy = threading.Lock()
         self.stats = {"decisions": 0, "missed": 0, "swaps": 0, "rejected": 0, "stale": 0}
         self.problem = ""
@@ -314,15 +315,15 @@ class PolicyNode(Node):
         self.maybe_apply_pending()
 
     def maybe_apply_pending(self) -> None:
-        p = self.pending
-        if p is None:
-            return
         between_groups = self.episode.state in (EpisodeState.IDLE,
                                                 EpisodeState.WAITING_FOR_UPDATE)
         if self.swap_between == "groups" and not between_groups:
             return                    # never inside a group: its episodes share one version
+        with self.swap_lock:          # called from the loader and the inference threads
+            p, self.pending = self.pending, None
+        if p is None:
+            return
         # "chunks": apply_swap takes the runtime lock, so it lands between two chunks.
-        self.pending = None
         held_ms = self.runtime.apply_swap(p)
         self.stats["swaps"] += 1
         self.last_swap_ms = {"load_ms": p.load_ms, "apply_ms": held_ms}

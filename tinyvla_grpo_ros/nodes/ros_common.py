@@ -26,13 +26,29 @@ LATCHED_HISTORY = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
 def declare(node: Node, name: str, default, description: str, lo=None, hi=None):
     """Declare a parameter with a descriptor (and a range for numbers); return its value."""
     d = ParameterDescriptor(description=description)
-    if lo is not None and isinstance(default, bool) is False:
+    if lo is not None and not isinstance(default, bool):
         if isinstance(default, int):
             d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
         elif isinstance(default, float):
             d.floating_point_range = [FloatingPointRange(from_value=float(lo),
                                                          to_value=float(hi), step=0.0)]
     return node.declare_parameter(name, default, d).value
+
+
+def declare_model(node: Node):
+    """Parameters policy_node and learner_node must agree on (same names, same defaults):
+    -> (checkpoint Path, tasks = adapter names, adapter_root Path, AdapterConfig)."""
+    from pathlib import Path
+
+    from ..core.adapters import PRESETS, AdapterConfig
+    ckpt = declare(node, "checkpoint", "", "SFT checkpoint directory")
+    if not ckpt:
+        raise ValueError("parameter 'checkpoint' is required")
+    tasks = list(declare(node, "tasks", ["reach-v3"], "tasks = adapter names"))
+    root = declare(node, "adapter_root", "runs/adapters", "directory of adapter versions")
+    preset = declare(node, "trainable_preset", "adapters", "one of " + ", ".join(PRESETS))
+    rank = declare(node, "lora_rank", 8, "LoRA rank", 1, 256)
+    return Path(ckpt), tasks, Path(root), AdapterConfig(preset=preset, rank=rank)
 
 
 def numpy_to_image(img: np.ndarray, stamp, frame_id: str = "camera") -> Image:
