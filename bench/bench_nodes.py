@@ -173,6 +173,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(120 + os.getpid() % 50))   # never the default 0
     transport_bench(100 if args.quick else 500)
     with tempfile.TemporaryDirectory() as tmp:
         policy_bench(Path(tmp), decisions=50 if args.quick else 300, swaps=5 if args.quick else 20)
