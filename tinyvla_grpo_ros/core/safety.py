@@ -1,6 +1,15 @@
-"""Action limits applied before anything reaches the arm: per-dimension clamps and a maximum
-change per control step (for joint-position actions the first step is measured from the current
-joint positions)."""
+"""What stands between the policy and the arm: action limits and the command watchdog.
+
+ActionLimits: per-dimension clamps and a maximum change per control step. The change is measured
+from the action in force before the chunk: the current joint positions when actions are joint
+positions, else the last command sent (rest = zeros at the start of an episode, for rate or
+end-effector-delta actions). Non-finite values never reach the arm.
+
+Watchdog: while an episode runs, a fresh command must go out every `timeout_s`; when none has,
+`expired()` says so once per lapse, and the node holds the arm.
+
+A software limit is not a safety system: the hardware e-stop stays the last word (README).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,26 +21,27 @@ import numpy as np
 class ActionLimits:
     low: np.ndarray                  # (Da,)
     high: np.ndarray                 # (Da,)
-    max_delta: float = 0.0           # 0 = off
+    max_delta: float = 0.0           # per control step; 0 = off
 
     def __post_init__(self) -> None:
         self.low, self.high = np.asarray(self.low, float), np.asarray(self.high, float)
         if self.low.shape != self.high.shape or np.any(self.low > self.high):
             raise ValueError(f"action limits need low <= high of equal length, got {self.low} "
                              f"and {self.high}")
+        if not (np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high))):
+            raise ValueError("action limits must be finite")
+        if self.max_delta < 0:
+            raise ValueError(f"max_delta must be >= 0, got {self.max_delta}")
 
-    def apply(self, actions: np.ndarray, state: np.ndarray | None = None,
-              action_names: list[str] | None = None, joint_names: list[str] | None = None
-              ) -> np.ndarray:
-        """actions (Ta, Da) -> clamped copy; non-finite values become the previous action."""
-        if actions.shape[-1] != self.low.shape[0]:
-            raise ValueError(f"actions have {actions.shape[-1]} dims, limits {self.low.shape[0]}")
-        out = np.array(actions, dtype=np.float64)
-        prev = None
-        if state is not None and action_names and joint_names and \
-                set(action_names) <= set(joint_names):
-            pos = dict(zip(joint_names, state))
-            prev = np.array([pos[n] for n in action_names])
+    def apply(self, actions: np.ndarray, prev: np.ndarray | None = None) -> np.ndarray:
+        """actions (Ta, Da) -> limited copy. prev (Da,): the action in force before the chunk
+        (None: no rate limit on the first step). A non-finite value is replaced by the previous
+        action's (or the clamp of 0 when there is none)."""
+        actions = np.asarray(actions, dtype=np.float64)
+        if actions.ndim != 2 or actions.shape[-1] != self.low.shape[0]:
+            raise ValueError(f"actions must be (Ta, {self.low.shape[0]}), got {actions.shape}")
+        out = actions.copy()
+        prev = None if prev is None else np.clip(np.asarray(prev, float), self.low, self.high)
         for t in range(out.shape[0]):
             a = out[t]
             bad = ~np.isfinite(a)
@@ -43,3 +53,50 @@ class ActionLimits:
             out[t] = a
             prev = a
         return out
+
+    @staticmethod
+    def previous(action_names: list[str], joint_names: list[str], state: np.ndarray,
+                 last_command: np.ndarray | None) -> np.ndarray:
+        """The action in force before a chunk: joint positions for joint-position actions,
+        else the last command (zeros = rest when there is none yet)."""
+        if set(action_names) <= set(joint_names):
+            pos = dict(zip(joint_names, state))
+            return np.array([pos[n] for n in action_names], float)
+        if last_command is not None:
+            return np.asarray(last_command, float)
+        return np.zeros(len(action_names))
+
+
+class Watchdog:
+    """Fires once when no command was fed for `timeout_s` while armed (0 = never)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        if timeout_s < 0:
+            raise ValueError(f"watchdog timeout must be >= 0, got {timeout_s}")
+        self.timeout_s = timeout_s
+        self.last: float | None = None
+        self.fired = False
+        self.fired_count = 0
+
+    def arm(self, now: float) -> None:
+        """Start counting (an episode starts running, the node is enabled again)."""
+        self.last, self.fired = now, False
+
+    def disarm(self) -> None:
+        self.last, self.fired = None, False
+
+    def feed(self, now: float) -> None:
+        """A fresh command went out."""
+        if self.last is not None:
+            self.last, self.fired = now, False
+
+    def expired(self, now: float) -> float | None:
+        """Seconds since the last command, once per lapse; None while all is well."""
+        if self.timeout_s == 0 or self.last is None or self.fired:
+            return None
+        age = now - self.last
+        if age <= self.timeout_s:
+            return None
+        self.fired = True
+        self.fired_count += 1
+        return age

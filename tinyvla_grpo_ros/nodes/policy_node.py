@@ -10,6 +10,9 @@ Serves      select_adapter (SelectAdapter.srv), enable (std_srvs/SetBool).
 
 A decision is made when an episode RUNS, the node is enabled, no e-stop is latched, and an image
 newer than the last decision's has arrived; inputs older than `stale_after_s` give no command.
+Actions are clamped to `action_low`/`action_high` and `max_delta_per_step`; a hold is sent when
+the episode stops running, on disable, on e-stop, and by the watchdog when no fresh chunk went
+out for `watchdog_s` while an episode runs.
 Inference runs in a worker thread, never on the executor. Adapter versions are read and verified
 in a loader thread and applied in place between two chunks; by default only outside RUNNING
 episodes (`swap_between: groups`), so a group never mixes versions.
@@ -36,7 +39,7 @@ from tinyvla_grpo_interfaces.srv import SelectAdapter
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..core.policy_runtime import PolicyRuntime
-from ..core.safety import ActionLimits
+from ..core.safety import ActionLimits, Watchdog
 from ..sim.metaworld_scene import ACTION_NAMES, JOINT_NAMES
 from .ros_common import (
     LATCHED,
@@ -81,10 +84,16 @@ class PolicyNode(Node):
         hi = declare(self, "action_high", [1.0] * len(self.action_names), "per-dim upper limit")
         max_delta = declare(self, "max_delta_per_step", 0.0,
                             "max change of an action between steps (0 = off)", 0.0, 1e6)
+        watchdog_s = declare(self, "watchdog_s", 1.0,
+                             "hold the arm when no fresh chunk went out for this long while an "
+                             "episode runs (0 = off; above the model's worst decision time)",
+                             0.0, 60.0)
         device = declare(self, "device", "cpu", "torch device")
         if self.mode not in ("chunk", "joint_trajectory"):
             raise ValueError(f"command_mode must be chunk or joint_trajectory, got {self.mode!r}")
         self.limits = ActionLimits(np.array(lo), np.array(hi), max_delta)
+        self.watchdog = Watchdog(watchdog_s)
+        self.last_command: np.ndarray | None = None
         self.runtime = PolicyRuntime(ckpt, self.tasks, root, adapter_cfg,
                                      {"executed_steps": self.n_exec}, device)
         self.gen = torch.Generator().manual_seed(seed)
@@ -99,7 +108,8 @@ class PolicyNode(Node):
         self.pending = None
         self.swap_lock = threading.Lock()
         self.busy = threading.Lock()
-        self.stats = {"decisions": 0, "missed": 0, "swaps": 0, "rejected": 0, "stale": 0}
+        self.stats = {"decisions": 0, "missed": 0, "swaps": 0, "rejected": 0, "stale": 0,
+                      "holds": 0, "watchdog_holds": 0}
         self.problem = ""
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="adapter_loader")
@@ -123,6 +133,7 @@ class PolicyNode(Node):
         self.period = self.n_exec * self.control_dt
         self.create_timer(min(self.period, 0.02), self.decide)
         self.create_timer(1.0, self.publish_diagnostics)
+        self.create_timer(0.05, self.check_watchdog)
         self.publish_active()
         self.get_logger().info(f"policy ready: tasks {self.tasks}, {self.mode} mode, "
                                f"decision every {self.period * 1e3:.0f} ms")
@@ -143,8 +154,10 @@ class PolicyNode(Node):
         if msg.task_id and msg.task_id in self.tasks and msg.task_id != self.runtime.active[0]:
             self.runtime.select_task(msg.task_id)
         if msg.state == EpisodeState.RUNNING and msg.episode_id != getattr(self, "_ep", None):
-            self._ep, self.chunk_index = msg.episode_id, 0
+            self._ep, self.chunk_index, self.last_command = msg.episode_id, 0, None
+            self.watchdog.arm(time.monotonic())
         if was_running and msg.state != EpisodeState.RUNNING:
+            self.watchdog.disarm()
             self.send_hold("episode ended")
         if self.pending is not None:
             self.loader.submit(self.maybe_apply_pending)      # tensor copies off the executor
@@ -153,12 +166,17 @@ class PolicyNode(Node):
         if msg.data and not self.estop:
             self.get_logger().error("e-stop: holding the arm until the e-stop topic is cleared")
             self.send_hold("e-stop")
+        elif not msg.data and self.estop:
+            self.get_logger().info("e-stop cleared")
+            self.watchdog.arm(time.monotonic())
         self.estop = bool(msg.data)
 
     def on_enable(self, req: SetBool.Request, resp: SetBool.Response):
-        self.enabled = bool(req.data)
+        was, self.enabled = self.enabled, bool(req.data)
         if not self.enabled:
             self.send_hold("disabled")
+        elif not was:
+            self.watchdog.arm(time.monotonic())
         resp.success, resp.message = True, f"policy {'enabled' if self.enabled else 'disabled'}"
         return resp
 
@@ -228,8 +246,9 @@ class PolicyNode(Node):
             chunk, adapter, version = self.runtime.act(
                 images, state, self.instructions.get(task, task), self.gen,
                 deterministic=episode.deterministic)
-            actions = self.limits.apply(chunk.actions[0].numpy(), state, self.action_names,
-                                        self.joint_names)
+            prev = ActionLimits.previous(self.action_names, self.joint_names, state,
+                                         self.last_command)
+            actions = self.limits.apply(chunk.actions[0].numpy(), prev)
             msg = self.to_message(chunk, actions, adapter, version, episode, obs)
             self.stats["last_decision_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
             if self.episode.state != EpisodeState.RUNNING or self.episode.episode_id != \
@@ -238,6 +257,8 @@ class PolicyNode(Node):
             self.pub_chunk.publish(msg)
             if self.mode == "joint_trajectory":
                 self.pub_traj.publish(self.to_trajectory(actions[: self.n_exec]))
+            self.last_command = actions[self.n_exec - 1].copy()
+            self.watchdog.feed(time.monotonic())
             self.stats["decisions"] += 1
             self.chunk_index += 1
             if self.swap_between == "chunks":
@@ -292,7 +313,21 @@ class PolicyNode(Node):
             if all(n in pos for n in self.action_names):
                 self.pub_traj.publish(self.to_trajectory(np.array([[pos[n] for n in
                                                                     self.action_names]])))
+        self.last_command = None
+        self.stats["holds"] += 1
         self.get_logger().info(f"hold sent ({why})")
+
+    def check_watchdog(self) -> None:
+        if self.episode.state != EpisodeState.RUNNING or not self.enabled or self.estop:
+            return
+        age = self.watchdog.expired(time.monotonic())
+        if age is not None:
+            self.stats["watchdog_holds"] += 1
+            why = f"watchdog: no fresh chunk for {age:.2f} s"
+            if self.problem:
+                why += f" ({self.problem})"
+            self.send_hold(why)
+            self.set_problem(why)
 
     # ----- adapters -----
     def on_update(self, msg: AdapterUpdate) -> None:

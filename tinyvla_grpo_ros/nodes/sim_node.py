@@ -42,6 +42,9 @@ class SimNode(Node):
         camera = declare(self, "camera_name", "corner2", "Meta-World camera")
         marker = declare(self, "goal_marker_radius", 0.0,
                          "goal drawn as a sphere of this radius, m (0 = Meta-World's)", 0.0, 0.2)
+        quality = declare(self, "render_quality", "fast",
+                          "fast (no shadows, no multisampling: ~7x cheaper) or full; must match "
+                          "the images the policy was trained on")
         self.max_steps = declare(self, "max_steps", 150, "control steps before timeout", 1, 100000)
         self.pace = declare(self, "pace", "wall", "wall (real time) or fast (as fast as it can)")
         self.publish_clock = declare(self, "publish_clock", False, "publish /clock (sim time)")
@@ -49,7 +52,7 @@ class SimNode(Node):
         if self.pace not in ("wall", "fast"):
             raise ValueError(f"pace must be 'wall' or 'fast', got {self.pace!r}")
         self.scene = MetaWorldScene(task, image_size=size, camera=camera, max_steps=self.max_steps,
-                                    goal_marker_radius=marker)
+                                    goal_marker_radius=marker, render_quality=quality)
         self.lock = threading.Lock()
         self.queue: deque[np.ndarray] = deque()
         self.sim_time = 0.0

@@ -4,8 +4,10 @@ No ROS here: sim_node.py wraps this class. The same init-state id always gives t
 ids map to Meta-World's own valid task variations, `MT1(task, seed=id // 50).train_tasks[id % 50]`.
 
 Actions are Meta-World's: (dx, dy, dz) end-effector deltas in [-1, 1] and a gripper effort, applied
-every physics control step (dt = 12.5 ms). The camera is rendered only when asked (software
-rendering costs ~80 ms a frame), i.e. at decision points.
+every physics control step (dt = 12.5 ms). The camera is rendered only when asked, i.e. at
+decision points. Software rendering (llvmpipe) of Meta-World's default look costs ~70 ms a 64 px
+frame, almost all of it shadow maps and 4x multisampling; render_quality="fast" turns both off
+(~10 ms a frame, same geometry and colours).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+RENDER_QUALITIES = ("fast", "full")
 ACTION_NAMES = ("ee_dx", "ee_dy", "ee_dz", "gripper")
 JOINT_NAMES = ("right_j0", "right_j1", "right_j2", "right_j3", "right_j4", "right_j5", "right_j6",
                "r_close", "l_close")
@@ -54,10 +57,14 @@ class StepResult:
 
 class MetaWorldScene:
     def __init__(self, task: str = "reach-v3", image_size: int = 64, camera: str = "corner2",
-                 max_steps: int = 150, goal_marker_radius: float = 0.0) -> None:
+                 max_steps: int = 150, goal_marker_radius: float = 0.0,
+                 render_quality: str = "fast") -> None:
         """goal_marker_radius > 0 draws the goal site as a sphere of that radius (m): rendering
         only (sites do not collide; success keeps Meta-World's own distance test). Meta-World's
         2 cm marker is one or two pixels in a 64 px frame."""
+        if render_quality not in RENDER_QUALITIES:
+            raise ValueError(f"render_quality must be one of {RENDER_QUALITIES}, "
+                             f"got {render_quality!r}")
         if task not in _benchmark_names():
             raise ValueError(f"unknown Meta-World task {task!r}")
         self.task, self.image_size, self.camera = task, image_size, camera
@@ -66,6 +73,9 @@ class MetaWorldScene:
         self.env = bench.train_classes[task](render_mode="rgb_array", camera_name=camera,
                                              width=image_size, height=image_size)
         self.env.set_task(bench.train_tasks[0])
+        if render_quality == "fast":     # before the first render creates the GL context
+            self.env.model.vis.quality.shadowsize = 0
+            self.env.model.vis.quality.offsamples = 0
         if goal_marker_radius > 0:
             self.env.model.site_size[self.env.model.site("goal").id][0] = goal_marker_radius
         self.instruction = INSTRUCTIONS.get(task, task.removesuffix("-v3").replace("-", " "))

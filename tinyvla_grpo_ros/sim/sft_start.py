@@ -34,13 +34,13 @@ EVAL_FIRST_ID = 10_000       # held-out init states start here (demos use 0..N-1
 def build_sft_start(task: str = "reach-v3", demos: int = 60, steps: int = 3000,
                     preset: str = "tiny", eval_episodes: int = 20, seed: int = 0,
                     cache: Path = Path("cache/sft"), executed_steps: int = 4,
-                    camera: str = "corner2", goal_marker_radius: float = 0.0) -> Path:
+                    camera: str = "corner2", goal_marker_radius: float = 0.0,
+                    render_quality: str = "fast") -> Path:
     settings = dict(task=task, demos=demos, steps=steps, preset=preset, seed=seed,
-                    eval_episodes=eval_episodes, executed_steps=executed_steps, format=1)
-    scene_kw = {}
-    if camera != "corner2" or goal_marker_radius > 0:   # keeps earlier cache keys valid
-        scene_kw = dict(camera=camera, goal_marker_radius=goal_marker_radius)
-        settings.update(scene_kw)
+                    eval_episodes=eval_episodes, executed_steps=executed_steps, format=2)
+    scene_kw = dict(camera=camera, goal_marker_radius=goal_marker_radius,
+                    render_quality=render_quality)
+    settings.update(scene_kw)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     out = Path(cache) / f"{task}-{key}"
     if (out / "config.json").is_file():
@@ -84,10 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--camera", default="corner2")
     ap.add_argument("--goal-marker-radius", type=float, default=0.04,
                     help="goal drawn this wide, m (rendering only; Meta-World draws 0.02)")
+    ap.add_argument("--render-quality", default="fast", choices=("fast", "full"))
     args = ap.parse_args(argv)
     out = build_sft_start(args.task, args.demos, args.steps, args.preset, args.eval_episodes,
                           args.seed, args.cache, camera=args.camera,
-                          goal_marker_radius=args.goal_marker_radius)
+                          goal_marker_radius=args.goal_marker_radius,
+                          render_quality=args.render_quality)
     _, _, meta = load_checkpoint(out)
     print(json.dumps({"checkpoint": str(out), "sft_success": meta["sft_success"]}))
 

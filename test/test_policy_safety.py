@@ -1,0 +1,136 @@
+"""Safety of policy_node over DDS: clamps and rate limit, watchdog, e-stop, disable, episode end.
+
+A real policy_node process (tiny random model, whose raw actions span the whole [-1, 1] range)
+runs in chunk mode; the test is its camera, its joint states and its episode manager, and
+listens to what would reach the arm: the ActionChunk stream (a hold is an empty chunk).
+"""
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.qos import qos_profile_sensor_data
+from ros_harness import Client
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool
+from std_srvs.srv import SetBool
+from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
+
+from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
+from tinyvla_grpo_ros.core.config import ModelConfig, SamplerConfig
+from tinyvla_grpo_ros.core.model import TinyVLAPolicy
+from tinyvla_grpo_ros.launcher import Launch
+from tinyvla_grpo_ros.nodes.ros_common import LATCHED, RELIABLE, numpy_to_image
+from tinyvla_grpo_ros.sim.metaworld_scene import JOINT_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMIT, MAX_DELTA, N_EXEC = 0.05, 0.02, 4
+
+
+def test_clamps_rate_limit_watchdog_estop_disable_and_episode_end_over_dds(tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
+    ckpt = save_checkpoint(tmp_path / "sft", TinyVLAPolicy(cfg),
+                           SamplerConfig(executed_steps=N_EXEC))
+    launch = Launch(ROOT / "config" / "sim_loop.yaml", {"policy_node": {
+        "checkpoint": str(ckpt), "adapter_root": str(tmp_path / "adapters"),
+        "trainable_preset": "adapters", "executed_steps": str(N_EXEC),
+        "action_low": str([-LIMIT] * 4), "action_high": str([LIMIT] * 4),
+        "max_delta_per_step": str(MAX_DELTA), "watchdog_s": "0.5", "stale_after_s": "1.0"}},
+        only=["policy_node"], log_dir=tmp_path)
+    client = Client("safety")
+    n = client.node
+    chunks, holds, diags = [], [], []
+    n.create_subscription(ActionChunk, "action_chunk",
+                          lambda m: (chunks if m.horizon else holds).append(m), RELIABLE)
+    n.create_subscription(DiagnosticArray, "/diagnostics",
+                          lambda m: diags.extend(s.message for s in m.status), 10)
+    pub_img = n.create_publisher(Image, "image_raw", qos_profile_sensor_data)
+    pub_js = n.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+    pub_ep = n.create_publisher(EpisodeState, "episode_state", LATCHED)
+    pub_estop = n.create_publisher(Bool, "estop", RELIABLE)
+    rng = np.random.default_rng(0)
+    log = lambda: (tmp_path / "policy_node.log").read_text()[-3000:]  # noqa: E731
+
+    def stream(seconds: float, until=None) -> bool:
+        """Camera + joints at 20 Hz for `seconds` (or until `until()`)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            assert launch.poll() is None, log()
+            now = n.get_clock().now().nanoseconds
+            stamp = Time(sec=now // 10**9, nanosec=now % 10**9)
+            js = JointState(name=list(JOINT_NAMES), position=[0.0] * 9)
+            js.header.stamp = stamp
+            pub_js.publish(js)
+            img = numpy_to_image(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), None)
+            img.header.stamp = stamp
+            pub_img.publish(img)
+            if client.spin_until(until or (lambda: False), 0.05) and until is not None:
+                return True
+        return False
+
+    def run_episode(eid: str) -> None:
+        pub_ep.publish(EpisodeState(state=EpisodeState.RUNNING, episode_id=eid,
+                                    task_id="reach-v3"))
+
+    try:
+        run_episode("ep-1")
+        assert stream(60, lambda: len(chunks) >= 6), f"no chunks\n{log()}"
+        # 1. clamps and the rate limit, within and across chunks, from rest (zeros)
+        prev = np.zeros(4)
+        raw_span = 0.0
+        for c in chunks[:6]:
+            a = np.asarray(c.actions).reshape(c.horizon, c.action_dim)
+            assert np.all(np.abs(a) <= LIMIT + 1e-6), a
+            steps = np.diff(np.vstack([prev, a]), axis=0)
+            assert np.all(np.abs(steps) <= MAX_DELTA + 1e-6), steps
+            prev = a[c.executed_steps - 1]
+            raw_span = max(raw_span, np.abs(a).max())
+        assert raw_span > 0.01, "actions all ~0: the limits were not exercised"
+
+        # 2. the watchdog: the camera stops, a hold follows once; chunks resume with it
+        holds.clear()
+        client.spin_until(lambda: False, 1.5)
+        assert len(holds) == 1, f"{len(holds)} holds while the camera was silent\n{log()}"
+        assert any("watchdog" in d for d in diags), diags[-3:]
+        k = len(chunks)
+        assert stream(10, lambda: len(chunks) > k + 2)
+
+        # 3. e-stop: hold at once, nothing while latched, commands after it is cleared
+        holds.clear()
+        pub_estop.publish(Bool(data=True))
+        assert stream(5, lambda: len(holds) >= 1), "no hold on e-stop"
+        k = len(chunks)
+        stream(1.0)
+        assert len(chunks) == k, "a command went out during the e-stop"
+        pub_estop.publish(Bool(data=False))
+        assert stream(10, lambda: len(chunks) > k), "no command after the e-stop cleared"
+
+        # 4. disable / enable
+        holds.clear()
+        assert client.call(SetBool, "enable", SetBool.Request(data=False)).success
+        assert stream(5, lambda: len(holds) >= 1), "no hold on disable"
+        k = len(chunks)
+        stream(1.0)
+        assert len(chunks) == k, "a command went out while disabled"
+        assert client.call(SetBool, "enable", SetBool.Request(data=True)).success
+        assert stream(10, lambda: len(chunks) > k), "no command after enable"
+
+        # 5. the episode ends: hold, and no command until the next one runs
+        holds.clear()
+        pub_ep.publish(EpisodeState(state=EpisodeState.IDLE, episode_id="ep-1",
+                                    task_id="reach-v3"))
+        assert stream(5, lambda: len(holds) >= 1), "no hold at episode end"
+        k = len(chunks)
+        stream(1.5)
+        assert len(chunks) == k, "a command went out between episodes"
+        assert len(holds) == 1, "a second hold: the watchdog fired outside an episode"
+        run_episode("ep-2")
+        assert stream(10, lambda: len(chunks) > k)
+        first = np.asarray(chunks[k].actions).reshape(-1, 4)[0]
+        assert np.all(np.abs(first) <= MAX_DELTA + 1e-6), "a new episode starts from rest"
+    finally:
+        client.close()
+        launch.stop()

@@ -1,0 +1,167 @@
+"""GRPO on a Meta-World task in one process: the learning experiments of bench/learning.py.
+
+The same core as the ROS loop (sampler, adapters, GRPOLearner, EpisodeRecord), without the
+transport: a group's G episodes run in lock-step in G scenes so that one batched sampler call
+serves all of them (the model runs once per decision point, not G times).
+
+As on a robot, the task has a fixed cell of `pool_size` initial states (never seen in the SFT
+demonstrations); each update draws `groups_per_update` of them and runs G stochastic rollouts of
+each; success is the deterministic (mean-chain) success over the whole cell, measured every
+`eval_every` updates. Success on held-out init states (the SFT checkpoint's own evaluation set)
+is measured before and after, to show how far the gain carries beyond the cell.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..core.adapters import AdaptedPolicy, AdapterConfig
+from ..core.checkpoint import load_checkpoint
+from ..core.learner import GRPOConfig, GRPOLearner
+from ..core.rollout_store import EpisodeRecord
+from ..core.sampler import DiffusionSampler
+from .metaworld_scene import MetaWorldScene
+from .rollout import scene_observation
+from .sft_start import EVAL_FIRST_ID
+
+CELL_FIRST_ID = 2_000           # the cell's init states: 2000 + 100 * seed + i
+
+
+@dataclass
+class LockstepEpisode:
+    init_state_id: int
+    success: bool = False
+    steps: int = 0
+    frames: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
+                 init_ids: list[int], deterministic: bool, generator: torch.Generator,
+                 record: bool = False) -> list[LockstepEpisode]:
+    """One episode per init id, scene i running init_ids[i]; batched decisions."""
+    if len(init_ids) > len(scenes):
+        raise ValueError(f"{len(init_ids)} episodes need as many scenes, have {len(scenes)}")
+    eps = [LockstepEpisode(i) for i in init_ids]
+    for scene, i in zip(scenes, init_ids):
+        scene.reset(i)
+    active = list(range(len(init_ids)))
+    n_exec = sampler.executed_steps()
+    while active:
+        parts = [scene_observation(scenes[k]) for k in active]
+        obs = type(parts[0])(torch.cat([p.images for p in parts]),
+                             torch.cat([p.state for p in parts]),
+                             [s for p in parts for s in p.instruction])
+        chunk = sampler.sample(model, obs, generator, deterministic=deterministic)
+        still = []
+        for row, k in enumerate(active):
+            if record:
+                eps[k].frames.append({"images": obs.images[row], "states": obs.state[row],
+                                      "chains": chunk.chain[row],
+                                      "log_probs": chunk.log_probs[row]})
+            for a in chunk.actions[row, :n_exec].numpy():
+                r = scenes[k].step(a)
+                if r.done:
+                    eps[k].success, eps[k].steps = r.success, r.steps
+                    break
+            else:
+                still.append(k)
+        active = still
+    return eps
+
+
+def to_records(eps: list[LockstepEpisode], group_id: str, task: str, adapter: str, version: int,
+               instruction: str, n_exec: int) -> list[EpisodeRecord]:
+    out = []
+    for j, e in enumerate(eps):
+        stack = lambda k: torch.stack([f[k] for f in e.frames])  # noqa: E731
+        out.append(EpisodeRecord(
+            episode_id=f"{group_id}-e{j}", group_id=group_id, task=task,
+            init_state_id=e.init_state_id, adapter_name=adapter, adapter_version=version,
+            instruction=instruction, reward=float(e.success), success=e.success,
+            tensors={"images": stack("images"), "states": stack("states"),
+                     "chains": stack("chains"), "log_probs": stack("log_probs"),
+                     "executed": torch.full((len(e.frames),), n_exec)}))
+    return out
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384,
+                       preset: str = "adapters", grpo: GRPOConfig | None = None,
+                       groups_per_update: int = 2, pool_size: int = 20, heldout: int = 20,
+                       eval_every: int = 4, lora_rank: int = 8, log=print, **scene_kw) -> dict:
+    t_start = time.time()
+    torch.manual_seed(seed)
+    model, scfg, meta = load_checkpoint(checkpoint)
+    grpo = grpo or GRPOConfig(device="cpu")
+    G = grpo.group_size
+    policy = AdaptedPolicy(model, AdapterConfig(preset=preset, rank=lora_rank), [task])
+    sampler = DiffusionSampler(model.config, scfg)
+    learner = GRPOLearner(policy, sampler, grpo)
+    n_scenes = max(G * groups_per_update, pool_size, heldout)
+    scenes = [MetaWorldScene(task, image_size=model.config.image_size, **scene_kw)
+              for _ in range(n_scenes)]
+    instruction = scenes[0].instruction
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    cell = [CELL_FIRST_ID + 100 * seed + i for i in range(pool_size)]
+    held = list(range(EVAL_FIRST_ID, EVAL_FIRST_ID + heldout))
+
+    def success(ids: list[int]) -> float:
+        eps = run_lockstep(scenes, policy.model, sampler, ids, True,
+                           torch.Generator().manual_seed(seed))
+        return float(np.mean([e.success for e in eps]))
+
+    before, held_before = success(cell), success(held)
+    log(f"[{task} s{seed} {preset}] SFT: cell {before:.2f}, held-out {held_before:.2f}")
+    curve = [(0, before)]
+    explore: list[tuple[int, float]] = []
+    stats_log, learner_s, done, version, peak_update_mb = [], 0.0, 0, 0, 0.0
+    updates = episodes // (G * groups_per_update)
+    for u in range(updates):
+        picks = rng.choice(cell, groups_per_update, replace=False).tolist()
+        ids = [i for i in picks for _ in range(G)]
+        eps = run_lockstep(scenes, policy.model, sampler, ids, False, gen, record=True)
+        groups = [to_records(eps[g * G:(g + 1) * G], f"u{u:03d}-g{g}", task, task, version,
+                             instruction, sampler.executed_steps())
+                  for g in range(groups_per_update)]
+        done += len(ids)
+        explore.append((done, float(np.mean([e.success for e in eps]))))
+        t0, rss0 = time.perf_counter(), rss_mb()
+        st = learner.update(groups, generator=gen)
+        learner_s += time.perf_counter() - t0
+        peak_update_mb = max(peak_update_mb, rss_mb() - rss0)
+        if st.optimizer_steps:
+            version += 1
+        stats_log.append({"update": u, "episodes": done, **st.as_dict()})
+        if (u + 1) % eval_every == 0 or u == updates - 1:
+            curve.append((done, success(cell)))
+            log(f"[{task} s{seed} {preset}] {done} episodes, v{version}: cell success "
+                f"{curve[-1][1]:.2f} (explore {explore[-1][1]:.2f}, approx_kl "
+                f"{st.approx_kl:.3f}, clip {st.clip_fraction:.2f})")
+    held_after = success(held)
+    for s in scenes:
+        s.close()
+    return {
+        "task": task, "seed": seed, "preset": preset, "checkpoint": str(checkpoint),
+        "sft_checkpoint_success": meta.get("sft_success"),
+        "sft_success": before, "final_success": curve[-1][1],
+        "best_success": max(r for _, r in curve), "episodes": done,
+        "heldout_sft_success": held_before, "heldout_final_success": held_after,
+        "cell": cell, "heldout": [held[0], held[-1]], "curve": curve, "explore_curve": explore,
+        "versions": version, "learner_seconds": round(learner_s, 2),
+        "learner_seconds_per_update": round(learner_s / max(1, updates), 3),
+        "trainable_params": sum(p.numel() for p in policy.trainable_parameters()),
+        "update_rss_growth_mb": round(peak_update_mb, 1),
+        "wall_seconds": round(time.time() - t_start, 1), "updates": stats_log,
+        "grpo": {k: getattr(grpo, k) for k in ("group_size", "lr", "epochs", "minibatch_size",
+                                                "clip_low", "clip_high", "kl_coef")},
+        "groups_per_update": groups_per_update, "lora_rank": lora_rank}
