@@ -205,11 +205,16 @@ def list_versions(root: Path, adapter: str) -> list[int]:
 def save_adapter_version(policy: AdaptedPolicy, root: Path, version: int, parent: int | None,
                          metrics: dict[str, float] | None = None, adapter: str | None = None
                          ) -> tuple[Path, str]:
-    """Write one version atomically (tensors, config, meta.json last) -> (dir, sha256)."""
+    """Write one version atomically (tensors, config, meta.json last) -> (dir, sha256).
+
+    One writer per adapter root (the learner): temp files left in `d` by a writer that was
+    killed mid-write are removed first."""
     adapter = adapter or policy.active
     d = version_dir(root, adapter, version)
     if (d / "meta.json").exists():
         raise FileExistsError(f"adapter version {d} already exists")
+    for leftover in d.glob(".*.tmp") if d.is_dir() else []:
+        leftover.unlink()
     sha = atomic_io.write_safetensors(d / "adapter_model.safetensors",
                                       policy.adapter_state(adapter),
                                       metadata={"adapter": adapter, "version": str(version)})

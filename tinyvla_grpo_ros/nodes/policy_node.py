@@ -110,7 +110,8 @@ class PolicyNode(Node):
         self.busy = threading.Lock()
         self.stats = {"decisions": 0, "missed": 0, "swaps": 0, "rejected": 0, "stale": 0,
                       "holds": 0, "watchdog_holds": 0}
-        self.problem = ""
+        self.problem = ""                 # why no command goes out (cleared by a decision)
+        self.adapter_problem = ""         # the last rejected version (cleared by a swap)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="adapter_loader")
 
@@ -344,7 +345,7 @@ class PolicyNode(Node):
             self.stats["rejected"] += 1
             self.get_logger().error(f"adapter {adapter} v{version} rejected, keeping "
                                     f"v{self.runtime.versions[adapter]}: {e}")
-            self.set_problem(f"adapter v{version} rejected: {e}")
+            self.adapter_problem = f"adapter {adapter} v{version} rejected: {e}"
             return
         self.pending = prepared
         self.maybe_apply_pending()
@@ -361,6 +362,7 @@ class PolicyNode(Node):
         # "chunks": apply_swap takes the runtime lock, so it lands between two chunks.
         held_ms = self.runtime.apply_swap(p)
         self.stats["swaps"] += 1
+        self.adapter_problem = ""
         self.last_swap_ms = {"load_ms": p.load_ms, "apply_ms": held_ms}
         self.get_logger().info(f"adapter {p.adapter} now v{p.version} (verified in "
                                f"{p.load_ms:.1f} ms, swapped in {held_ms:.2f} ms)")
@@ -395,9 +397,10 @@ class PolicyNode(Node):
         self.problem = text
 
     def publish_diagnostics(self) -> None:
+        problems = [p for p in (self.problem, self.adapter_problem) if p]
         st = DiagnosticStatus(name="tinyvla_grpo/policy_node", hardware_id="policy",
-                              level=DiagnosticStatus.WARN if self.problem else DiagnosticStatus.OK,
-                              message=self.problem or "ok")
+                              level=DiagnosticStatus.WARN if problems else DiagnosticStatus.OK,
+                              message="; ".join(problems) or "ok")
         adapter, version = self.runtime.active
         st.values = [KeyValue(key=k, value=str(v)) for k, v in
                      self.stats.items()] + [KeyValue(key="adapter", value=f"{adapter}"),
