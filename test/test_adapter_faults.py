@@ -157,7 +157,7 @@ def test_learner_killed_mid_write_and_corrupt_updates_leave_the_policy_on_its_la
             pub_update.publish(AdapterUpdate(adapter_name=TASK, version=version,
                                              path=str(path), sha256=sha))
             pattern = re.compile(rf"adapter {TASK} v{version} rejected, keeping v0: .*{words}")
-            assert client.spin_until(lambda: pattern.search(policy_log()), 20), \
+            assert client.spin_until(lambda p=pattern: p.search(policy_log()), 20), \
                 f"v{version} not rejected for {words!r}:\n{policy_log()[-2000:]}"
         client.spin_until(lambda: False, 1.5)
         assert active[-1] == 0

@@ -78,7 +78,7 @@ def to_records(eps: list[LockstepEpisode], group_id: str, task: str, adapter: st
                instruction: str, n_exec: int) -> list[EpisodeRecord]:
     out = []
     for j, e in enumerate(eps):
-        stack = lambda k: torch.stack([f[k] for f in e.frames])  # noqa: E731
+        stack = lambda k, e=e: torch.stack([f[k] for f in e.frames])  # noqa: E731
         out.append(EpisodeRecord(
             episode_id=f"{group_id}-e{j}", group_id=group_id, task=task,
             init_state_id=e.init_state_id, adapter_name=adapter, adapter_version=version,
