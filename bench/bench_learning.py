@@ -3,7 +3,7 @@
     python bench/bench_learning.py                      # 3 tasks x 3 seeds, preset adapters
     python bench/bench_learning.py --out trainable_sets --tasks reach-v3 --seeds 0 \\
         --presets adapters head adapters+head+norms adapters+last_k_blocks+head full
-    python bench/bench_learning.py --quick              # make bench: one short run (a smoke figure)
+    python bench/bench_learning.py --quick         # make bench: one short run (smoke figure)
 
 Each (task, seed, preset) run is its own subprocess (torch on one thread; `--jobs` of them at a
 time) and writes bench/results/runs/<out>/<task>-s<seed>-<preset>.json. Then the runs are
