@@ -1,6 +1,5 @@
 """The operator panel in a real headless Chromium (Playwright) against the running nodes."""
 import json
-import shutil
 import socket
 import time
 import urllib.error
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from browser import chromium_page
 
 from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
 from tinyvla_grpo_ros.core.config import ModelConfig, SamplerConfig
@@ -18,7 +18,6 @@ from tinyvla_grpo_ros.launcher import Launch
 from tinyvla_grpo_ros.nodes.panel_server import PanelServer
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 class FakeBackend:
@@ -95,20 +94,15 @@ def running_loop(tmp_path):
 
 
 def test_panel_marks_once_on_double_click_and_the_chart_updates(running_loop):
-    playwright = pytest.importorskip("playwright.sync_api")
     url, store, launch, tmp = running_loop
-    assert Path(CHROMIUM).exists(), "Debian chromium is installed by scripts/setup_env.sh"
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        page = browser.new_page()
+    with chromium_page() as page:
+        from playwright.sync_api import Error as PlaywrightError
         deadline = time.monotonic() + 60
         while True:                                  # the node may still be starting
             try:
                 page.goto(url + "/", timeout=5000)
                 break
-            except playwright.Error:
+            except PlaywrightError:
                 assert time.monotonic() < deadline and launch.poll() is None, \
                     (tmp / "episode_manager_node.log").read_text()[-2000:]
                 time.sleep(0.5)
@@ -152,4 +146,3 @@ def test_panel_marks_once_on_double_click_and_the_chart_updates(running_loop):
         eps = store.read_group("reach-v3", gid, with_tensors=False)
         assert {e.episode_id: e.reward for e in eps}[second] == 0.0
         page.screenshot(path=str(tmp / "panel.png"))
-        browser.close()

@@ -25,7 +25,8 @@ import yaml
 NODES = ("sim_node", "policy_node", "episode_manager_node", "learner_node")
 ROBOT_NODES = ("sim_node", "policy_node", "episode_manager_node")
 SHARED_TOPICS = {"policy_node": {"adapter_update_topic": "/adapter_update"},
-                 "episode_manager_node": {"group_ready_topic": "/group_ready"},
+                 "episode_manager_node": {"group_ready_topic": "/group_ready",
+                                          "restore_service": "/restore_adapter"},
                  "learner_node": {"adapter_update_topic": "/adapter_update",
                                   "group_ready_topic": "/group_ready"}}
 

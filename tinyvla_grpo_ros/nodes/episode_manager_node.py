@@ -6,11 +6,16 @@ RUNNING), end on the simulator's success, the operator's mark or a timeout, stor
 atomically in the rollout store and publish EpisodeOutcome. A full group publishes GroupReady; the
 next group starts once policy_node reports a new adapter version (or after `wait_for_update_s`).
 After a restart, an unfinished group of the current version is resumed; a half-run episode was
-never stored, so it is simply run again. Every `eval_every` versions, `eval_init_state_ids` run
-with the deterministic sampler (reported, never learned from).
+never stored, so it is simply run again. Every `eval_every` versions (and when the operator asks:
+evaluate_now), `eval_init_state_ids` run with the deterministic sampler (reported, never learned
+from). The regression guard (core/regression_guard.py) compares each evaluation with the last
+kept version's; a drop by more than `guard_margin` rolls back automatically: learner_node's
+restore_adapter writes the good version again as the next one, which policy_node applies
+between groups. The panel and the log say so.
 
 Operator actions are ROS services first (mark_outcome, scene_ready, pause_learning,
-rollback_adapter -> policy_node's select_adapter, start); the web panel (panel_server.py) and
+rollback_adapter -> learner_node's restore_adapter, or policy_node's select_adapter when no
+learner answers; start, evaluate_now); the web panel (panel_server.py) and
 a gamepad / foot pedal (sensor_msgs/Joy on `joy`, rising edges, hold-to-confirm) call the same
 methods.
 """
@@ -22,7 +27,6 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -40,23 +44,19 @@ from tinyvla_grpo_interfaces.msg import (
 )
 from tinyvla_grpo_interfaces.srv import MarkOutcome, ResetScene, SelectAdapter, StartEpisode
 
+from ..core.regression_guard import RegressionGuard
 from ..core.rollout_store import EpisodeRecord, RolloutStore, StoreError
 from ..operator_input import JoyMarker
+from .episode_operator import OperatorActions
 from .panel_server import PanelServer
-from .ros_common import LATCHED, LATCHED_HISTORY, RELIABLE, BadImage, declare, image_to_numpy, run
-
-OUTCOMES = {"success": MarkOutcome.Request.SUCCESS, "failure": MarkOutcome.Request.FAILURE,
-            "discard": MarkOutcome.Request.DISCARD}
-STATE_NAMES = {EpisodeState.IDLE: "IDLE", EpisodeState.RESETTING: "RESETTING",
-               EpisodeState.RUNNING: "RUNNING", EpisodeState.STORING: "STORING",
-               EpisodeState.WAITING_FOR_UPDATE: "WAITING_FOR_UPDATE"}
+from .ros_common import LATCHED, LATCHED_HISTORY, RELIABLE, declare, image_to_numpy, run
 
 DECIDED = {EpisodeOutcome.DECIDED_BY_OPERATOR: "operator",
            EpisodeOutcome.DECIDED_BY_SIMULATOR: "simulator",
            EpisodeOutcome.DECIDED_BY_TIMEOUT: "timeout"}
 
 
-class EpisodeManagerNode(Node):
+class EpisodeManagerNode(OperatorActions, Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("episode_manager_node", **kwargs)
         self.task = declare(self, "task", "reach-v3", "task (= adapter name)")
@@ -66,6 +66,11 @@ class EpisodeManagerNode(Node):
         self.eval_ids = list(declare(self, "eval_init_state_ids", [-1],
                                      "init states of deterministic evaluation ([-1] = none)"))
         self.eval_every = declare(self, "eval_every", 1, "evaluate every N versions", 1, 10000)
+        margin = declare(self, "guard_margin", 0.25, "roll back when an evaluation falls this "
+                         "far below the last kept version's (1 = never)", 0.0, 1.0)
+        self.guard = RegressionGuard(margin)
+        restore_srv = declare(self, "restore_service", "restore_adapter",
+                              "learner_node's SelectAdapter service for rollbacks")
         self.num_groups = declare(self, "num_groups", 0, "groups to run (0 = forever)", 0, 10**6)
         self.max_s = declare(self, "max_episode_s", 30.0, "episode timeout (s)", 0.1, 3600.0)
         self.max_chunks = declare(self, "max_chunks", 60, "episode timeout (chunks)", 1, 100000)
@@ -103,11 +108,16 @@ class EpisodeManagerNode(Node):
         self.create_service(Trigger, "scene_ready", self.on_scene_ready)
         self.create_service(StartEpisode, "start", self.on_start)
         self.create_service(SetBool, "pause_learning", self.on_pause)
+        self.create_service(Trigger, "evaluate_now", self.on_evaluate_now)
+        self.eval_requested = False
+        self.eval_from = 0
         reentrant = ReentrantCallbackGroup()
         self.create_service(SelectAdapter, "rollback_adapter", self.on_select,
                             callback_group=reentrant)
         self.select_client = self.create_client(SelectAdapter, "select_adapter",
                                                 callback_group=reentrant)
+        self.restore_client = self.create_client(SelectAdapter, restore_srv,
+                                                 callback_group=reentrant)
         self.joy = JoyMarker(joy_map, joy_hold)
         self.create_subscription(Joy, "joy", self.on_joy, 10)
         self.create_subscription(Image, image_topic, self.on_image, qos_profile_sensor_data)
@@ -159,119 +169,18 @@ class EpisodeManagerNode(Node):
         if self.state.state == EpisodeState.RUNNING and msg.episode_id == self.state.episode_id:
             self.chunks.append(msg)
 
-    def mark_episode(self, episode_id: str, outcome: str | int, source: str) -> tuple[bool, str]:
-        """Mark the running episode once; every further mark of it is refused (double click)."""
-        code = OUTCOMES.get(outcome, outcome) if isinstance(outcome, str) else outcome
-        if code not in OUTCOMES.values():
-            return False, f"unknown outcome {outcome!r}; use success, failure or discard"
-        with self.mark_lock:
-            running = self.state.state == EpisodeState.RUNNING
-            ep = episode_id or self.state.episode_id
-            if not running or ep != self.state.episode_id:
-                ok, msg = False, f"episode {ep or '(none)'} is not running (marked or ended)"
-            elif self.mark is not None:
-                ok, msg = False, f"episode {ep} is already marked"
-            elif not self.chunks:
-                ok, msg = False, f"episode {ep} has no action chunk yet: nothing to mark"
-            else:
-                self.mark = (code, source)
-                ok, msg = True, f"episode {ep} marked {outcome} ({source})"
-            self.marks["accepted" if ok else "refused"] += 1
-        return ok, msg
-
-    def on_mark(self, req: MarkOutcome.Request, resp: MarkOutcome.Response):
-        resp.accepted, resp.message = self.mark_episode(req.episode_id, req.outcome, "service")
-        return resp
-
-    def scene_is_ready(self) -> tuple[bool, str]:
-        if self.state.state != EpisodeState.RESETTING or self.reset_mode != "operator":
-            return False, "not waiting for a scene reset"
-        self.scene_ready = True
-        return True, "starting the episode"
-
-    def on_scene_ready(self, req, resp):
-        resp.success, resp.message = self.scene_is_ready()
-        return resp
-
-    def set_paused(self, paused: bool) -> tuple[bool, str]:
-        self.paused = paused
-        return True, ("learning paused: no new group starts" if paused else "learning resumed")
-
-    def on_pause(self, req: SetBool.Request, resp: SetBool.Response):
-        resp.success, resp.message = self.set_paused(bool(req.data))
-        return resp
-
-    def rollback(self, version: int) -> tuple[bool, str]:
-        """Ask policy_node to make a stored version active (its select_adapter service)."""
-        if not self.select_client.wait_for_service(timeout_sec=2.0):
-            return False, "policy_node's select_adapter service is not available"
-        done = threading.Event()
-        fut = self.select_client.call_async(SelectAdapter.Request(adapter_name=self.task,
-                                                                  version=int(version)))
-        fut.add_done_callback(lambda _: done.set())
-        if not done.wait(10.0) or fut.result() is None:
-            return False, "policy_node did not answer"
-        r = fut.result()
-        return bool(r.accepted), r.message
-
-    def on_select(self, req: SelectAdapter.Request, resp: SelectAdapter.Response):
-        resp.accepted, resp.message = self.rollback(req.version)
-        resp.active_version = self.version or 0
-        return resp
-
-    def on_joy(self, msg: Joy) -> None:
-        for action in self.joy.update(list(msg.buttons), time.monotonic()):
-            ok, text = (self.scene_is_ready() if action == "ready"
-                        else self.mark_episode("", action, "joy"))
-            self.get_logger().info(f"joy {action}: {text}")
-
     def on_image(self, msg: Image) -> None:
         self.last_image = msg
 
     def on_learner(self, msg: AdapterUpdate) -> None:
+        if msg.adapter_name == self.task and "restored_from" in msg.metric_names:
+            src = int(msg.metric_values[list(msg.metric_names).index("restored_from")])
+            self.guard.restored(int(msg.version), src)
         if msg.adapter_name == self.task and msg.metric_names:
             self.learner_status = {"version": int(msg.version)} | {
                 k: float(v) for k, v in zip(msg.metric_names, msg.metric_values)
                 if k in ("loss", "approx_kl", "clip_fraction", "grad_norm", "skipped_fraction",
                          "groups", "seconds")}
-
-    def thumbnail_png(self) -> bytes | None:
-        msg = self.last_image
-        if msg is None:
-            return None
-        try:
-            img = image_to_numpy(msg)
-        except BadImage:
-            return None
-        scale = max(1, 192 // max(img.shape[:2]))
-        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-        ok, png = cv2.imencode(".png", img[..., ::-1])
-        return png.tobytes() if ok else None
-
-    def snapshot(self) -> dict:
-        s = self.state
-        rate = lambda xs: (sum(xs) / len(xs)) if xs else None  # noqa: E731
-        return {
-            "task": self.task, "state": STATE_NAMES.get(s.state, str(s.state)),
-            "episode_id": s.episode_id if s.state == EpisodeState.RUNNING else "",
-            "episode_marked": self.mark is not None, "chunks": len(self.chunks),
-            "group_id": s.group_id,
-            "group_index": int(s.group_index), "group_size": self.G,
-            "adapter": self.task, "version": self.version, "paused": self.paused,
-            "waiting_for_operator_reset": s.state == EpisodeState.RESETTING
-            and self.reset_mode == "operator",
-            "marks_accepted": self.marks["accepted"], "marks_refused": self.marks["refused"],
-            "versions": [{"version": v, "explore_episodes": len(h["explore"]),
-                          "explore_success": rate(h["explore"]),
-                          "eval_episodes": len(h["eval"]), "eval_success": rate(h["eval"])}
-                         for v, h in sorted(self.history.items())],
-            "learner": self.learner_status}
-
-    def on_start(self, req: StartEpisode.Request, resp: StartEpisode.Response):
-        self.start_requested = True
-        resp.accepted, resp.message = True, "groups will run"
-        resp.group_id = self.state.group_id
-        return resp
 
     # ----- the state machine -----
     def step(self) -> None:
@@ -291,11 +200,13 @@ class EpisodeManagerNode(Node):
         if not self.start_requested or self.version is None or self.paused:
             return
         self.group_version = self.version
-        if self.eval_ids != [-1] and self.version != self.last_eval_version and \
-                self.version % self.eval_every == 0:
-            self.last_eval_version = self.version
-            self.begin_group(f"eval-{self.task}-v{self.version:04d}", -1,
-                             [(i, True) for i in self.eval_ids])
+        due = self.version != self.last_eval_version and self.version % self.eval_every == 0 \
+            and self.guard.needs_evaluation(self.version)
+        if self.eval_ids != [-1] and (due or self.eval_requested):
+            self.last_eval_version, self.eval_requested = self.version, False
+            self.eval_from = len(self.history[self.version]["eval"])
+            self.begin_group(f"eval-{self.task}-v{self.version:04d}-{uuid.uuid4().hex[:4]}",
+                             -1, [(i, True) for i in self.eval_ids])
             return
         if self.num_groups and self.groups_done >= self.num_groups:
             return
@@ -453,6 +364,7 @@ class EpisodeManagerNode(Node):
         gid = self.state.group_id
         if gid.startswith("eval-"):
             self.set_state(EpisodeState.IDLE)
+            self.guard_check(self.group_version)
             return
         eps = self.store.read_group(self.task, gid, with_tensors=False)
         msg = GroupReady(group_id=gid, task_id=self.task, init_state_id=eps[0].init_state_id,
@@ -477,7 +389,6 @@ class EpisodeManagerNode(Node):
     def publish_state(self) -> None:
         self.state.header.stamp = self.get_clock().now().to_msg()
         self.pub_state.publish(self.state)
-
 
     def close(self) -> None:
         if self.panel is not None:

@@ -1,6 +1,9 @@
 """learner_node: GRPO on the task adapters from stored groups; publishes new adapter versions.
 
 Subscribes  group_ready (GroupReady, reliable + transient-local history).
+Serves      restore_adapter (SelectAdapter.srv): learning goes on from a stored version, which is
+            written again as the next version (parent = the restored one; versions only go up)
+            and published like any update. The regression guard and the panel's rollback use it.
 Publishes   adapter_update (AdapterUpdate, latched, one per task): path + version + sha256 of the
             newest version, with the update's metrics; learner_metrics.csv in the adapter root.
 At start it resumes from the newest complete version on disk (writing v0000 = the SFT start when
@@ -18,8 +21,10 @@ import time
 from pathlib import Path
 
 import torch
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from tinyvla_grpo_interfaces.msg import AdapterUpdate, GroupReady
+from tinyvla_grpo_interfaces.srv import SelectAdapter
 
 from ..core.adapters import (
     AdaptedPolicy,
@@ -63,6 +68,9 @@ class LearnerNode(Node):
         update_topic = declare(self, "adapter_update_topic", "adapter_update",
                                "AdapterUpdate topic")
         ready_topic = declare(self, "group_ready_topic", "group_ready", "GroupReady topic")
+        restore_name = declare(self, "restore_service", "restore_adapter",
+                               "SelectAdapter service: go on learning from a stored version")
+        self.lock = threading.Lock()                  # one update or restore at a time
         self.pub = self.create_publisher(AdapterUpdate, update_topic, LATCHED_HISTORY)
         self.versions: dict[str, int] = {}
         self.learned: set[str] = set()
@@ -71,6 +79,8 @@ class LearnerNode(Node):
         for task in self.tasks:
             self.resume(task)
         self.create_subscription(GroupReady, ready_topic, self.on_group, LATCHED_HISTORY)
+        self.create_service(SelectAdapter, restore_name, self.on_restore,
+                            callback_group=ReentrantCallbackGroup())
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.work, name="grpo", daemon=True)
         self.thread.start()
@@ -129,7 +139,8 @@ class LearnerNode(Node):
             batch.setdefault(task, []).append(gid)
             if len(batch[task]) >= self.groups_per_update:
                 try:
-                    self.update(task, batch.pop(task))
+                    with self.lock:
+                        self.update(task, batch.pop(task))
                 except Exception as e:  # noqa: BLE001 - keep the last good version, keep running
                     self.get_logger().error(f"update failed, keeping v{self.versions[task]}: "
                                             f"{e!r}")
@@ -167,6 +178,32 @@ class LearnerNode(Node):
             f"with signal, loss {stats.loss:.4f}, approx_kl {stats.approx_kl:.4f}, "
             f"clip {stats.clip_fraction:.2f}, {metrics['seconds']:.1f} s")
         self.publish(task, parent, metrics)
+
+    def restore(self, task: str, source: int) -> tuple[bool, str]:
+        """Go on from stored version `source`: write it again as the next version, publish."""
+        if task not in self.tasks:
+            return False, f"unknown task {task!r}; this learner serves {self.tasks}"
+        with self.lock:
+            try:
+                state, _ = read_adapter_version(version_dir(self.root, task, source), self.root)
+            except ValueError as e:
+                return False, f"cannot restore {task} v{source}: {e}"
+            self.policy.activate(task)
+            self.policy.load_adapter_state(state, task)
+            version = max(list_versions(self.root, task) + [self.versions[task]]) + 1
+            metrics = {"restored_from": float(source)}
+            save_adapter_version(self.policy, self.root, version, source, metrics)
+            self.versions[task] = version
+            self.learner.rebuild_optimizer()
+        text = f"{task}: restored v{source} as v{version}; learning goes on from it"
+        self.get_logger().warning(text)
+        self.publish(task, source, metrics)
+        return True, text
+
+    def on_restore(self, req: SelectAdapter.Request, resp: SelectAdapter.Response):
+        resp.accepted, resp.message = self.restore(req.adapter_name, int(req.version))
+        resp.active_version = self.versions.get(req.adapter_name, 0)
+        return resp
 
     def publish(self, task: str, parent: int | None, metrics: dict[str, float]) -> None:
         v = self.versions[task]

@@ -15,6 +15,7 @@ PAGE = """<!doctype html>
 </style></head><body>
 <h1>tinyvla_grpo operator panel</h1>
 <p class="warn">This panel is not an emergency stop: keep the hardware e-stop within reach.</p>
+<p class="warn" id="guard"></p>
 <div class="row">
  <div class="card"><img id="thumb" alt="camera"><div id="where"></div></div>
  <div class="card">
@@ -108,6 +109,9 @@ async function refresh() {
     `<tr><td>v${v.version}</td><td>${fmt(v.explore_success)} (${v.explore_episodes})</td>` +
     `<td>${fmt(v.eval_success)} (${v.eval_episodes})</td></tr>`).join("");
   chart(snap.versions);
+  const rb = (snap.guard || []).filter(e => e.rollback_to !== null).pop();
+  document.getElementById("guard").textContent = rb ?
+    `Regression guard rolled back v${rb.version} to v${rb.rollback_to}: ${rb.reason}` : "";
   document.getElementById("learner").innerHTML = Object.entries(snap.learner).map(
     ([k, v]) => `<tr><td>${k}</td><td>${typeof v === "number" ? v.toFixed(4) : v}</td></tr>`
   ).join("");

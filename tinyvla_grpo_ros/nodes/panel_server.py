@@ -6,7 +6,7 @@ GET  /api/thumbnail.png the latest camera frame
 POST /api/mark          {"outcome": "success"|"failure"|"discard", "episode_id": "..."}
 POST /api/ready         scene reset done (operator reset mode)
 POST /api/pause         {"paused": true|false}: stop / resume starting groups
-POST /api/rollback      {"version": N}: make stored version N active in policy_node
+POST /api/rollback      {"version": N}: go on from stored version N (learner restore)
 Binds 127.0.0.1 by default; any other address requires a token (header X-Panel-Token or ?token=).
 Every action goes through the same code as the episode manager's ROS services.
 """

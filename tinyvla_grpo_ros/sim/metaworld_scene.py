@@ -76,7 +76,8 @@ class MetaWorldScene:
         if render_quality == "fast":     # before the first render creates the GL context
             self.env.model.vis.quality.shadowsize = 0
             self.env.model.vis.quality.offsamples = 0
-        if goal_marker_radius > 0:
+        sites = {self.env.model.site(i).name for i in range(self.env.model.nsite)}
+        if goal_marker_radius > 0 and "goal" in sites:    # tasks without a goal site: no-op
             self.env.model.site_size[self.env.model.site("goal").id][0] = goal_marker_radius
         self.instruction = INSTRUCTIONS.get(task, task.removesuffix("-v3").replace("-", " "))
         self.obs: np.ndarray | None = None
