@@ -132,7 +132,14 @@ class PolicyNode(Node):
                             callback_group=ReentrantCallbackGroup())
         self.create_service(SetBool, "enable", self.on_enable)
         self.period = self.n_exec * self.control_dt
-        self.create_timer(min(self.period, 0.02), self.decide)
+        # A streaming camera (30 Hz) must not make every frame a decision point: at most one
+        # decision per period. A simulator that publishes one image per decision point sets 0.
+        interval = declare(self, "decision_period_s", -1.0,
+                           "min time between decisions (-1: executed_steps / control_rate_hz; "
+                           "0: every fresh image)", -1.0, 60.0)
+        self.min_interval = self.period if interval < 0 else interval
+        self.last_decision_t = -1e9
+        self.create_timer(min(self.period, 0.01), self.decide)
         self.create_timer(1.0, self.publish_diagnostics)
         self.create_timer(0.05, self.check_watchdog)
         self.publish_active()
@@ -218,6 +225,8 @@ class PolicyNode(Node):
         stamp = {t: Time.from_msg(m.header.stamp).nanoseconds for t, m in self.images.items()}
         if not stamp or stamp == self.last_decision_stamp:
             return                                           # no fresh image since last chunk
+        if time.monotonic() - self.last_decision_t < self.min_interval:
+            return                                           # the timer decides when it is due
         if not self.busy.acquire(blocking=False):
             # A decision point is missed when a fresh observation waits longer than one
             # decision period for the model (counted once per observation).
@@ -235,7 +244,7 @@ class PolicyNode(Node):
             self.stats["stale"] += 1
             self.set_problem(obs)
             return
-        self.last_decision_stamp = stamp
+        self.last_decision_stamp, self.last_decision_t = stamp, time.monotonic()
         self.set_problem("")
         self.worker.submit(self.infer, obs, self.episode)
 
@@ -402,8 +411,10 @@ class PolicyNode(Node):
                               level=DiagnosticStatus.WARN if problems else DiagnosticStatus.OK,
                               message="; ".join(problems) or "ok")
         adapter, version = self.runtime.active
+        queues = {"inference_queue": self.worker._work_queue.qsize(),
+                  "loader_queue": self.loader._work_queue.qsize()}
         st.values = [KeyValue(key=k, value=str(v)) for k, v in
-                     self.stats.items()] + [KeyValue(key="adapter", value=f"{adapter}"),
+                     (self.stats | queues).items()] + [KeyValue(key="adapter", value=f"{adapter}"),
                                             KeyValue(key="version", value=str(version))]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()
