@@ -79,6 +79,8 @@ def main() -> None:
         r = run_child("learner", preset)
         print(f"learner_s_per_group_{preset.replace('+', '_')}={r['s_per_group']:.3f}")
         print(f"learner_peak_mb_{preset.replace('+', '_')}={r['peak_mb']:.1f}")
+        print(f"learner_groups_per_min_{preset.replace('+', '_')}_{r['device']}="
+              f"{60 / r['s_per_group']:.0f}")
     mem = {p: run_child("memory", p) for p in ("adapters", "full")}
     a_mb, f_mb = mem["adapters"]["peak_mb"], mem["full"]["peak_mb"]
     print(f"TinyVLA-S fwd+bwd on {mem['full']['device']}: adapters {a_mb:.0f} MB, "

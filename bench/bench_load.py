@@ -16,6 +16,7 @@ Every 5 s it samples the node's resident memory, threads and open files from /pr
     load_inference_queue_max, load_loader_queue_max, load_missed_decisions, load_watchdog_holds
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -49,6 +50,27 @@ def proc_stats(pid: int) -> dict[str, float]:
     kv = dict(line.split(":", 1) for line in status if ":" in line)
     return {"rss_mb": int(kv["VmRSS"].split()[0]) / 1024, "threads": int(kv["Threads"]),
             "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+def plot(samples, path: Path, minutes: float) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    t = [x[0] / 60 for x in samples]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(t, [x[1]["rss_mb"] for x in samples], label="policy_node RSS (MB)")
+    ax2 = ax.twinx()
+    ax2.plot(t, [x[1]["threads"] for x in samples], color="tab:orange", label="threads")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("RSS (MB)")
+    ax2.set_ylabel("threads")
+    ax.set_ylim(bottom=0)
+    ax2.set_ylim(bottom=0)
+    ax.set_title(f"policy_node under a 30 Hz 224 px camera, 10 Hz policy ({minutes:.0f} min)",
+                 fontsize=9)
+    fig.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -140,6 +162,15 @@ def main() -> None:
     running_s = sum(min(EPISODE_S, elapsed - k * (EPISODE_S + PAUSE_S) - PAUSE_S)
                     for k in range(int(elapsed // (EPISODE_S + PAUSE_S)) + 1)
                     if elapsed - k * (EPISODE_S + PAUSE_S) - PAUSE_S > 0)
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    name = "load_quick" if args.quick else "load"
+    (out / f"{name}.json").write_text(json.dumps({
+        "minutes": elapsed / 60, "camera_hz": CAMERA_HZ, "episodes": episode, "frames": sent,
+        "chunks": len(chunks), "rss_growth_mb_per_min": slope,
+        "samples": [{"t_s": round(tt, 1)} | st for tt, st in samples],
+        "queue_max": queue_max, "diagnostics": diag}, indent=1) + "\n")
+    plot(samples, out / f"{name}.png", minutes)
     print(f"{minutes:.1f} min, {episode} episodes, {sent} frames, {len(chunks)} chunks; "
           f"RSS {rss[0]:.1f} -> {rss[-1]:.1f} MB (log: {log.name})")
     print(f"load_minutes={elapsed / 60:.1f}")

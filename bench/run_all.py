@@ -5,6 +5,7 @@ lines are
 progress and tables). The whole run is bounded: 10 minutes at most in all (`--budget-s`).
 """
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -48,6 +49,12 @@ def main() -> int:
             failed.append(f"{script.name} (exit {res.returncode})")
     for fig in figures:
         print(fig)
+    results = here / "results"
+    results.mkdir(exist_ok=True)
+    (results / ("system.json" if args.full else "system_quick.json")).write_text(json.dumps({
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
+        "figures": dict(f.strip().split("=", 1) for f in figures), "failed": failed},
+        indent=1) + "\n")
     for f in failed:
         print(f"# FAILED: {f}", file=sys.stderr)
     return 1 if failed else 0

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
@@ -68,3 +69,35 @@ class Client:
     def close(self) -> None:
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
+
+
+class SensorFeed:
+    """The robot's camera and joint states as a test publishes them: sensor QoS, one stamp."""
+
+    def __init__(self, node, image_size: int = 32, joint_names=None) -> None:
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import Image, JointState
+
+        from tinyvla_grpo_ros.sim.metaworld_scene import JOINT_NAMES
+        self.node, self.size = node, image_size
+        self.joint_names = list(joint_names or JOINT_NAMES)
+        self.pub_img = node.create_publisher(Image, "image_raw", qos_profile_sensor_data)
+        self.pub_js = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+        self.rng = np.random.default_rng(0)
+
+    def publish(self, image=None) -> None:
+        """Joint states (all zero) and an image (random unless given), stamped now."""
+        from builtin_interfaces.msg import Time
+        from sensor_msgs.msg import JointState
+
+        from tinyvla_grpo_ros.nodes.ros_common import numpy_to_image
+        now = self.node.get_clock().now().nanoseconds
+        stamp = Time(sec=now // 10**9, nanosec=now % 10**9)
+        js = JointState(name=self.joint_names, position=[0.0] * len(self.joint_names))
+        js.header.stamp = stamp
+        self.pub_js.publish(js)
+        if image is None:
+            image = self.rng.integers(0, 255, (self.size, self.size, 3), dtype=np.uint8)
+        img = numpy_to_image(image, None)
+        img.header.stamp = stamp
+        self.pub_img.publish(img)

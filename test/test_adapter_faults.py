@@ -15,12 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.qos import qos_profile_sensor_data
-from ros_harness import Client
+from ros_harness import Client, SensorFeed
 from safetensors.torch import save_file
-from sensor_msgs.msg import Image, JointState
 from tinyvla_grpo_interfaces.msg import ActionChunk, AdapterUpdate, EpisodeState
 
 from tinyvla_grpo_ros.core import atomic_io
@@ -32,8 +29,7 @@ from tinyvla_grpo_ros.core.model import Observation, TinyVLAPolicy
 from tinyvla_grpo_ros.core.rollout_store import EpisodeRecord, RolloutStore
 from tinyvla_grpo_ros.core.sampler import DiffusionSampler
 from tinyvla_grpo_ros.launcher import Launch
-from tinyvla_grpo_ros.nodes.ros_common import LATCHED, LATCHED_HISTORY, RELIABLE, numpy_to_image
-from tinyvla_grpo_ros.sim.metaworld_scene import JOINT_NAMES
+from tinyvla_grpo_ros.nodes.ros_common import LATCHED, LATCHED_HISTORY, RELIABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK, G = "reach-v3", 4
@@ -87,8 +83,7 @@ def test_learner_killed_mid_write_and_corrupt_updates_leave_the_policy_on_its_la
                           lambda m: diags.extend(s.message for s in m.status), 10)
     pub_update = n.create_publisher(AdapterUpdate, "adapter_update", LATCHED_HISTORY)
     pub_ep = n.create_publisher(EpisodeState, "episode_state", LATCHED)
-    pub_img = n.create_publisher(Image, "image_raw", qos_profile_sensor_data)
-    pub_js = n.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+    feed = SensorFeed(n)
     policy_log = lambda: (logs1 / "policy_node.log").read_text()  # noqa: E731
     launch2 = None
     try:
@@ -112,14 +107,7 @@ def test_learner_killed_mid_write_and_corrupt_updates_leave_the_policy_on_its_la
         def feed_until(pred, timeout=30.0) -> bool:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                now = n.get_clock().now().nanoseconds
-                stamp = Time(sec=now // 10**9, nanosec=now % 10**9)
-                js = JointState(name=list(JOINT_NAMES), position=[0.0] * 9)
-                js.header.stamp = stamp
-                pub_js.publish(js)
-                img = numpy_to_image(np.zeros((32, 32, 3), np.uint8), None)
-                img.header.stamp = stamp
-                pub_img.publish(img)
+                feed.publish(np.zeros((32, 32, 3), np.uint8))
                 if client.spin_until(pred, 0.05):
                     return True
             return False

@@ -90,6 +90,7 @@ def test_bad_inputs_give_no_command_and_a_named_diagnostic_then_recovery(tmp_pat
         pos = np.zeros(9)
         pos[2] = np.nan
         expect_refusal("non-finite joint", pos=pos)
+        expect_refusal("non-finite joint", pos=np.array([0.0] * 8 + [np.inf]))
         expect_refusal("lacks", names=JOINT_NAMES[:-1], pos=np.zeros(8))
         expect_refusal("stale", age_s=5.0)
         # recovery, with joint names in another order: the chunk carries the model's order

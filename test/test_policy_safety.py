@@ -9,11 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.qos import qos_profile_sensor_data
-from ros_harness import Client
-from sensor_msgs.msg import Image, JointState
+from ros_harness import Client, SensorFeed
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool
 from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
@@ -22,8 +19,7 @@ from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
 from tinyvla_grpo_ros.core.config import ModelConfig, SamplerConfig
 from tinyvla_grpo_ros.core.model import TinyVLAPolicy
 from tinyvla_grpo_ros.launcher import Launch
-from tinyvla_grpo_ros.nodes.ros_common import LATCHED, RELIABLE, numpy_to_image
-from tinyvla_grpo_ros.sim.metaworld_scene import JOINT_NAMES
+from tinyvla_grpo_ros.nodes.ros_common import LATCHED, RELIABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT, MAX_DELTA, N_EXEC = 0.05, 0.02, 4
@@ -47,11 +43,9 @@ def test_clamps_rate_limit_watchdog_estop_disable_and_episode_end_over_dds(tmp_p
                           lambda m: (chunks if m.horizon else holds).append(m), RELIABLE)
     n.create_subscription(DiagnosticArray, "/diagnostics",
                           lambda m: diags.extend(s.message for s in m.status), 10)
-    pub_img = n.create_publisher(Image, "image_raw", qos_profile_sensor_data)
-    pub_js = n.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+    feed = SensorFeed(n)
     pub_ep = n.create_publisher(EpisodeState, "episode_state", LATCHED)
     pub_estop = n.create_publisher(Bool, "estop", RELIABLE)
-    rng = np.random.default_rng(0)
     log = lambda: (tmp_path / "policy_node.log").read_text()[-3000:]  # noqa: E731
 
     def stream(seconds: float, until=None) -> bool:
@@ -59,14 +53,7 @@ def test_clamps_rate_limit_watchdog_estop_disable_and_episode_end_over_dds(tmp_p
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             assert launch.poll() is None, log()
-            now = n.get_clock().now().nanoseconds
-            stamp = Time(sec=now // 10**9, nanosec=now % 10**9)
-            js = JointState(name=list(JOINT_NAMES), position=[0.0] * 9)
-            js.header.stamp = stamp
-            pub_js.publish(js)
-            img = numpy_to_image(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), None)
-            img.header.stamp = stamp
-            pub_img.publish(img)
+            feed.publish()
             if client.spin_until(until or (lambda: False), 0.05) and until is not None:
                 return True
         return False

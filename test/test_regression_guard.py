@@ -15,10 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from browser import chromium_page
-from builtin_interfaces.msg import Time
-from rclpy.qos import qos_profile_sensor_data
-from ros_harness import Client
-from sensor_msgs.msg import Image, JointState
+from ros_harness import Client, SensorFeed
 from std_srvs.srv import Trigger
 from tinyvla_grpo_interfaces.msg import AdapterUpdate, EpisodeState
 from tinyvla_grpo_interfaces.srv import MarkOutcome
@@ -27,8 +24,7 @@ from tinyvla_grpo_ros.core.checkpoint import read_safetensors, save_checkpoint
 from tinyvla_grpo_ros.core.config import ModelConfig, SamplerConfig
 from tinyvla_grpo_ros.core.model import TinyVLAPolicy
 from tinyvla_grpo_ros.launcher import Launch
-from tinyvla_grpo_ros.nodes.ros_common import LATCHED, numpy_to_image
-from tinyvla_grpo_ros.sim.metaworld_scene import JOINT_NAMES
+from tinyvla_grpo_ros.nodes.ros_common import LATCHED
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "reach-v3"
@@ -58,8 +54,7 @@ def test_a_version_that_evaluates_worse_is_rolled_back_automatically(tmp_path):
                           LATCHED)
     n.create_subscription(AdapterUpdate, "active_adapter", lambda m: active.append(m.version),
                           LATCHED)
-    pub_img = n.create_publisher(Image, "image_raw", qos_profile_sensor_data)
-    pub_js = n.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+    feed = SensorFeed(n)
     em_log = tmp_path / "episode_manager_node.log"
     logs = lambda: "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}"  # noqa: E731
                              for p in sorted(tmp_path.glob("*.log")))
@@ -76,14 +71,7 @@ def test_a_version_that_evaluates_worse_is_rolled_back_automatically(tmp_path):
         deadline = time.monotonic() + 240
         while not (active and active[-1] == 2 and any("-v0002-" in g for g in groups_seen)):
             assert time.monotonic() < deadline and launch.poll() is None, logs()
-            now = n.get_clock().now().nanoseconds
-            stamp = Time(sec=now // 10**9, nanosec=now % 10**9)
-            js = JointState(name=list(JOINT_NAMES), position=[0.0] * 9)
-            js.header.stamp = stamp
-            pub_js.publish(js)
-            img = numpy_to_image(np.zeros((32, 32, 3), np.uint8), None)
-            img.header.stamp = stamp
-            pub_img.publish(img)
+            feed.publish(np.zeros((32, 32, 3), np.uint8))
             client.spin_until(lambda: False, 0.05)
             s = state[0]
             if s.group_id and (not groups_seen or groups_seen[-1] != s.group_id):
