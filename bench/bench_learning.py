@@ -1,6 +1,6 @@
 """Learning results: GRPO on Meta-World tasks from their SFT starting points, over seeds.
 
-    python bench/bench_learning.py                      # 3 tasks x 3 seeds, preset adapters
+    python bench/bench_learning.py           # 3 tasks x 3 seeds, preset adapters+head+norms
     python bench/bench_learning.py --out trainable_sets --tasks reach-v3 --seeds 0 \\
         --presets adapters head adapters+head+norms adapters+last_k_blocks+head full
     python bench/bench_learning.py --quick         # make bench: one short run (smoke figure)
@@ -44,6 +44,7 @@ def child(args) -> None:
     grpo = GRPOConfig(group_size=args.group_size, lr=args.lr, epochs=args.epochs,
                       minibatch_size=args.minibatch, micro_batch_size=args.minibatch,
                       kl_coef=args.kl_coef if args.child_preset == "adapters" else 0.0,
+                      target_kl=args.target_kl,
                       device="cpu")
     res = run_metaworld_grpo(args.child_ckpt, args.child_task, args.child_seed, args.episodes,
                              args.child_preset, grpo, args.groups_per_update, args.cell,
@@ -144,7 +145,7 @@ def main() -> None:
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--presets", nargs="+", default=["adapters"])
+    ap.add_argument("--presets", nargs="+", default=["adapters+head+norms"])
     ap.add_argument("--out", default="learning", help="results name under bench/results")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
     ap.add_argument("--rerun", action="store_true", help="ignore finished runs on disk")
@@ -156,13 +157,14 @@ def main() -> None:
     grp.add_argument("--episodes", type=int, default=384)
     grp.add_argument("--group-size", type=int, default=8)
     grp.add_argument("--groups-per-update", type=int, default=2)
-    grp.add_argument("--cell", type=int, default=20, help="init states in the task's cell")
+    grp.add_argument("--cell", type=int, default=30, help="init states in the task's cell")
     grp.add_argument("--heldout", type=int, default=20)
     grp.add_argument("--eval-every", type=int, default=4, help="updates between evaluations")
-    grp.add_argument("--lr", type=float, default=3e-5)
+    grp.add_argument("--lr", type=float, default=1e-4)
     grp.add_argument("--epochs", type=int, default=2)
     grp.add_argument("--minibatch", type=int, default=128)
     grp.add_argument("--kl-coef", type=float, default=0.0)
+    grp.add_argument("--target-kl", type=float, default=0.05)
     for a in ("task", "seed", "preset", "ckpt", "out"):
         ap.add_argument(f"--child-{a}", help=argparse.SUPPRESS,
                         type=int if a == "seed" else str)
@@ -176,7 +178,7 @@ def main() -> None:
         args.eval_every = 1
     passthrough = []
     for a in ("episodes", "group_size", "groups_per_update", "cell", "heldout", "eval_every",
-              "lr", "epochs", "minibatch", "kl_coef", "goal_marker_radius"):
+              "lr", "epochs", "minibatch", "kl_coef", "target_kl", "goal_marker_radius"):
         passthrough += [f"--{a.replace('_', '-')}", str(getattr(args, a))]
     t0 = time.time()
     ckpts = {t: str(sft_checkpoint(t, args)) for t in args.tasks}

@@ -44,8 +44,8 @@ def make_groups(policy, sampler, n_groups=2, G=4, seed=0, version=0):
 def setup(preset="adapters", **grpo):
     policy = AdaptedPolicy(tiny_model(), AdapterConfig(preset=preset, rank=2), ["pick", "push"])
     sampler = DiffusionSampler(policy.model.config, SamplerConfig(stochastic_steps=2))
-    cfg = GRPOConfig(group_size=4, lr=1e-2, epochs=1, minibatch_size=64, micro_batch_size=64,
-                     device="cpu", **grpo)
+    cfg = GRPOConfig(**(dict(group_size=4, lr=1e-2, epochs=1, minibatch_size=64,
+                             micro_batch_size=64, device="cpu") | grpo))
     return policy, sampler, GRPOLearner(policy, sampler, cfg)
 
 
@@ -107,6 +107,17 @@ def test_one_by_g_and_g_by_one_micro_batches_give_the_same_gradient():
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)   # float32 summation order only
     assert any(g.abs().sum() > 0 for g in grads[0])
+
+
+def test_target_kl_stops_an_update_that_moves_too_far():
+    steps = {}
+    for target in (0.0, 1e-4):
+        policy, sampler, learner = setup(lr=0.5, target_kl=target, epochs=4, minibatch_size=2,
+                                         micro_batch_size=2)       # a step size that blows up
+        stats = learner.update(make_groups(policy, sampler, n_groups=2, G=4))
+        steps[target] = (stats.optimizer_steps, stats.early_stopped)
+    assert steps[0.0] == (16, 0)                     # 4 epochs x 4 minibatches of 2 chunks
+    assert steps[1e-4][1] == 1 and 1 <= steps[1e-4][0] < 16
 
 
 def test_group_with_all_equal_rewards_produces_no_update():

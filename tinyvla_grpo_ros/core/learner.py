@@ -4,7 +4,11 @@
    every chunk of the episode;
 2. `epochs` passes over the chunks in shuffled minibatches; each minibatch is split into
    micro-batches whose gradients accumulate to exactly the minibatch gradient;
-3. a NaN/inf loss or gradient skips that optimizer step (and says so); gradients are clipped.
+3. a NaN/inf loss or gradient skips that optimizer step (and says so); gradients are clipped;
+4. with `target_kl` > 0, the update stops early when a minibatch's approximate KL to the
+   sampling policy (measured before its step) exceeds 1.5 x target_kl: a step size that would
+   collapse the policy is cut short instead (measured: lr 3e-4 without it took reach-v3 from
+   0.65 to 0.10 in one update).
 Runs on CUDA when available (config `device="auto"`), CPU otherwise.
 """
 from __future__ import annotations
@@ -34,6 +38,7 @@ class GRPOConfig:
     clip_high: float = 0.28
     denoise_discount: float = 1.0
     kl_coef: float = 0.0
+    target_kl: float = 0.0              # stop an update early above 1.5 x this (0 = off)
     max_grad_norm: float = 1.0
     adv_eps: float = 1e-6
     leave_one_out: bool = False
@@ -48,6 +53,8 @@ class GRPOConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.target_kl < 0:
+            raise ValueError(f"target_kl must be >= 0, got {self.target_kl}")
         self.loss_cfg()  # validates the clip / discount / kl fields
 
     def loss_cfg(self) -> GRPOLossConfig:
@@ -75,6 +82,7 @@ class UpdateStats:
     chunks: int = 0
     optimizer_steps: int = 0
     nonfinite_steps_skipped: int = 0
+    early_stopped: int = 0              # 1 when target_kl cut the update short
     mean_reward: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
@@ -195,8 +203,10 @@ class GRPOLearner:
         model.train()
         params = self.policy.trainable_parameters()
         losses, grad_norms, totals = [], [], {}
-        first = True
+        first, stopped_kl = True, 0.0
         for _ in range(self.cfg.epochs):
+            if stats.early_stopped:
+                break
             perm = torch.randperm(len(batch), generator=generator)
             for start in range(0, len(batch), self.cfg.minibatch_size):
                 acc: dict[str, float] = {}
@@ -206,6 +216,11 @@ class GRPOLearner:
                     stats.first_ratio_max_dev = max(abs(acc["ratio_max"] - 1),
                                                     abs(acc["ratio_min"] - 1))
                     first = False
+                kl = acc["approx_kl_sum"] / max(1.0, acc["terms"])
+                if self.cfg.target_kl > 0 and kl > 1.5 * self.cfg.target_kl:
+                    stats.early_stopped, stopped_kl = 1, kl
+                    self.optimizer.zero_grad(set_to_none=True)
+                    break
                 gn = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
                 if not (math.isfinite(acc["loss"]) and torch.isfinite(gn)):
                     stats.nonfinite_steps_skipped += 1
@@ -221,6 +236,9 @@ class GRPOLearner:
                     else:
                         totals[k] = totals.get(k, 0.0) + v
         model.eval()
+        if stats.early_stopped:
+            print(f"[learner] update stopped early after {stats.optimizer_steps} step(s): "
+                  f"approx KL {stopped_kl:.3f} > 1.5 x target_kl {self.cfg.target_kl}")
         if stats.nonfinite_steps_skipped:
             print(f"[learner] skipped {stats.nonfinite_steps_skipped} optimizer step(s) with a "
                   "non-finite loss or gradient")

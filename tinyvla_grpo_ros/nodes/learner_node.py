@@ -58,6 +58,8 @@ class LearnerNode(Node):
             clip_low=declare(self, "clip_low", 0.2, "PPO clip below 1", 0.0, 1.0),
             clip_high=declare(self, "clip_high", 0.28, "PPO clip above 1", 0.0, 10.0),
             kl_coef=declare(self, "kl_coef", 0.0, "KL to the SFT reference", 0.0, 100.0),
+            target_kl=declare(self, "target_kl", 0.05, "stop an update early above 1.5 x this "
+                              "approximate KL (0 = off)", 0.0, 100.0),
             denoise_discount=declare(self, "denoise_discount", 1.0, "per-step discount", 0.01,
                                      1.0),
             device=declare(self, "device", "auto", "auto, cpu or cuda"))

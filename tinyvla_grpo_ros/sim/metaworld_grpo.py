@@ -163,5 +163,6 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
         "update_rss_growth_mb": round(peak_update_mb, 1),
         "wall_seconds": round(time.time() - t_start, 1), "updates": stats_log,
         "grpo": {k: getattr(grpo, k) for k in ("group_size", "lr", "epochs", "minibatch_size",
-                                                "clip_low", "clip_high", "kl_coef")},
+                                                "clip_low", "clip_high", "kl_coef",
+                                                "target_kl")},
         "groups_per_update": groups_per_update, "lora_rank": lora_rank}
