@@ -1,0 +1,34 @@
+"""The in-process Meta-World GRPO runner (bench/bench_learning.py) records what GRPO needs."""
+import torch
+
+from tinyvla_grpo_ros.core.adapters import AdaptedPolicy, AdapterConfig
+from tinyvla_grpo_ros.core.config import ModelConfig, SamplerConfig
+from tinyvla_grpo_ros.core.learner import GRPOConfig, GRPOLearner
+from tinyvla_grpo_ros.core.model import TinyVLAPolicy
+from tinyvla_grpo_ros.core.sampler import DiffusionSampler
+from tinyvla_grpo_ros.sim.metaworld_grpo import run_lockstep, to_records
+from tinyvla_grpo_ros.sim.metaworld_scene import MetaWorldScene
+
+
+def test_lockstep_rollouts_record_whole_episodes_that_rescore_to_ratio_one():
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
+    policy = AdaptedPolicy(TinyVLAPolicy(cfg).eval(), AdapterConfig(preset="adapters"),
+                           ["reach-v3"])
+    sampler = DiffusionSampler(cfg, SamplerConfig(executed_steps=4))
+    scenes = [MetaWorldScene("reach-v3", image_size=32, max_steps=24) for _ in range(3)]
+    eps = run_lockstep(scenes, policy.model, sampler, [7, 7, 8], False,
+                       torch.Generator().manual_seed(0), record=True)
+    assert [e.init_state_id for e in eps] == [7, 7, 8]
+    assert all(e.steps == 24 and len(e.frames) == 6 for e in eps)   # 24 steps / 4 per chunk
+    # the same init state in two scenes starts from the same observation
+    assert torch.equal(eps[0].frames[0]["images"], eps[1].frames[0]["images"])
+    for e in eps[:2]:
+        e.success = e is eps[0]                 # rewards with variance, for the learner
+    recs = to_records(eps[:2], "g0", "reach-v3", "reach-v3", 0, scenes[0].instruction, 4)
+    assert recs[0].tensors["chains"].shape == (6, 4, cfg.horizon, 4)
+    learner = GRPOLearner(policy, sampler, GRPOConfig(group_size=2, epochs=1, device="cpu"))
+    stats = learner.update([recs])
+    assert stats.first_ratio_max_dev < 1e-4 and stats.optimizer_steps == 1
+    for s in scenes:
+        s.close()
