@@ -207,9 +207,12 @@ def main() -> None:
         print(f"{p}_{slug(k)}_sft={s['sft_success_mean']:.3f}")
         print(f"{p}_{slug(k)}_final={s['final_success_mean']:.3f}")
         print(f"{p}_{slug(k)}_lift_points={s['lift_points_mean']:.1f}")
+        print(f"{p}_{slug(k)}_heldout_sft={s['heldout_sft_mean']:.3f}")
+        print(f"{p}_{slug(k)}_heldout_final={s['heldout_final_mean']:.3f}")
         if key == "preset":
             print(f"{p}_{slug(k)}_learner_s_per_update={s['learner_seconds_per_update']:.3f}")
             print(f"{p}_{slug(k)}_trainable_params={s['trainable_params']}")
+            print(f"{p}_{slug(k)}_update_rss_growth_mb={s['update_rss_growth_mb']:.1f}")
     lifts = [s["lift_points_mean"] for s in summ.values()]
     print(f"{p}_episodes_per_run={runs[0]['episodes']}")
     print(f"{p}_runs={len(runs)}")
