@@ -78,6 +78,7 @@ def main() -> None:
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 minute instead of 10")
     ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--size", type=int, default=224, help="camera width = height (px)")
     args = ap.parse_args()
     minutes = 1.0 if args.quick else args.minutes
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -109,7 +110,7 @@ def main() -> None:
     node.create_subscription(ActionChunk, "action_chunk", on_chunk, RELIABLE)
     node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diag.update(
         {kv.key: kv.value for s in m.status for kv in s.values}), 10)
-    frames = [np.random.default_rng(i).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    frames = [np.random.default_rng(i).integers(0, 255, (args.size, args.size, 3), dtype=np.uint8)
               for i in range(8)]
     samples, queue_max = [], {"inference_queue": 0, "loader_queue": 0}
     sent = 0
@@ -175,6 +176,7 @@ def main() -> None:
           f"RSS {rss[0]:.1f} -> {rss[-1]:.1f} MB (log: {log.name})")
     print(f"load_minutes={elapsed / 60:.1f}")
     print(f"load_camera_hz={sent / elapsed:.1f}")
+    print(f"load_images_received_hz={int(diag.get('images', 0)) / elapsed:.1f}")
     print(f"load_decision_hz={len(chunks) / max(running_s, 1e-9):.2f}")
     print(f"load_rss_start_mb={rss[keep][0]:.1f}")
     print(f"load_rss_end_mb={rss[-1]:.1f}")

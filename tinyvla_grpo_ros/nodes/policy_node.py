@@ -109,7 +109,7 @@ class PolicyNode(Node):
         self.swap_lock = threading.Lock()
         self.busy = threading.Lock()
         self.stats = {"decisions": 0, "missed": 0, "swaps": 0, "rejected": 0, "stale": 0,
-                      "holds": 0, "watchdog_holds": 0}
+                      "holds": 0, "watchdog_holds": 0, "images": 0}
         self.problem = ""                 # why no command goes out (cleared by a decision)
         self.adapter_problem = ""         # the last rejected version (cleared by a swap)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="inference")
@@ -139,9 +139,9 @@ class PolicyNode(Node):
                            "0: every fresh image)", -1.0, 60.0)
         self.min_interval = self.period if interval < 0 else interval
         self.last_decision_t = -1e9
-        self.create_timer(min(self.period, 0.01), self.decide)
+        self.create_timer(min(self.period, 0.02), self.decide)
         self.create_timer(1.0, self.publish_diagnostics)
-        self.create_timer(0.05, self.check_watchdog)
+        self.create_timer(0.1, self.check_watchdog)
         self.publish_active()
         self.get_logger().info(f"policy ready: tasks {self.tasks}, {self.mode} mode, "
                                f"decision every {self.period * 1e3:.0f} ms")
@@ -150,6 +150,7 @@ class PolicyNode(Node):
     def on_image(self, topic: str, msg: Image) -> None:
         self.images[topic] = msg
         self.image_arrival = time.monotonic()
+        self.stats["images"] += 1
         if len(self.images) == len(self.cameras):
             self.decide()                       # react at once; the timer is the fallback
 
