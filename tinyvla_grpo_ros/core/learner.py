@@ -217,7 +217,9 @@ class GRPOLearner:
                                                     abs(acc["ratio_min"] - 1))
                     first = False
                 kl = acc["approx_kl_sum"] / max(1.0, acc["terms"])
-                if self.cfg.target_kl > 0 and kl > 1.5 * self.cfg.target_kl:
+                # Judged after a step only: it limits the step size, not a stale batch.
+                if self.cfg.target_kl > 0 and stats.optimizer_steps > 0 and \
+                        kl > 1.5 * self.cfg.target_kl:
                     stats.early_stopped, stopped_kl = 1, kl
                     self.optimizer.zero_grad(set_to_none=True)
                     break
