@@ -190,13 +190,16 @@ class PolicyNode(Node):
         return resp
 
     def observation(self) -> tuple[np.ndarray, np.ndarray, Time] | str:
-        """(images (Nc, H, W, 3), state (Ds,), oldest stamp) or a string naming the problem."""
+        """(images (Nc, H, W, 3), state (Ds,), oldest stamp, the image messages used) or a string
+        naming the problem. The chunk must carry exactly these messages: a newer frame arriving
+        during inference would make the stored observation differ from the one sampled from."""
         now = self.get_clock().now()
-        imgs, stamps = [], []
+        imgs, stamps, used = [], [], []
         for topic in self.cameras:
             msg = self.images.get(topic)
             if msg is None:
                 return f"no image yet on {topic}"
+            used.append(msg)
             try:
                 imgs.append(image_to_numpy(msg))
             except BadImage as e:
@@ -217,7 +220,7 @@ class PolicyNode(Node):
         oldest = min(stamps, key=lambda t: t.nanoseconds)
         if (now - oldest).nanoseconds * 1e-9 > self.stale_after:
             return f"stale inputs: oldest is {(now - oldest).nanoseconds * 1e-9:.2f} s old"
-        return np.stack(imgs), state, oldest
+        return np.stack(imgs), state, oldest, used
 
     # ----- decisions -----
     def decide(self) -> None:
@@ -252,7 +255,7 @@ class PolicyNode(Node):
     def infer(self, obs, episode: EpisodeState) -> None:
         try:
             t0 = time.perf_counter()
-            images, state, oldest = obs
+            images, state, oldest, _ = obs
             task = episode.task_id or self.tasks[0]
             chunk, adapter, version = self.runtime.act(
                 images, state, self.instructions.get(task, task), self.gen,
@@ -281,7 +284,7 @@ class PolicyNode(Node):
             self.busy.release()
 
     def to_message(self, chunk, actions, adapter, version, episode, obs) -> ActionChunk:
-        images, state, oldest = obs
+        images, state, oldest, used = obs
         scfg = self.runtime.sampler.cfg
         s = self.runtime.sampler
         idx = s.stochastic_indices
@@ -298,7 +301,7 @@ class PolicyNode(Node):
             log_probs=chunk.log_probs[0].numpy().tolist(), eta=scfg.eta,
             min_sampling_std=scfg.min_sampling_std, min_logprob_std=scfg.min_logprob_std,
             noise_clip=scfg.noise_clip, observation_stamp=oldest.to_msg(),
-            images=[self.images[t] for t in self.cameras], camera_names=self.cameras,
+            images=used, camera_names=self.cameras,
             joint_names=self.joint_names, joint_positions=state.tolist(),
             instruction=self.instructions.get(episode.task_id, episode.task_id))
         msg.header.stamp = self.get_clock().now().to_msg()
