@@ -18,6 +18,7 @@ import csv
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, TimeoutError
 from pathlib import Path
 
 import torch
@@ -73,6 +74,7 @@ class LearnerNode(Node):
         restore_name = declare(self, "restore_service", "restore_adapter",
                                "SelectAdapter service: go on learning from a stored version")
         self.lock = threading.Lock()                  # one update or restore at a time
+        self.restorer = ThreadPoolExecutor(1, thread_name_prefix="restore")
         self.pub = self.create_publisher(AdapterUpdate, update_topic, LATCHED_HISTORY)
         self.versions: dict[str, int] = {}
         self.learned: set[str] = set()
@@ -203,7 +205,12 @@ class LearnerNode(Node):
         return True, text
 
     def on_restore(self, req: SelectAdapter.Request, resp: SelectAdapter.Response):
-        resp.accepted, resp.message = self.restore(req.adapter_name, int(req.version))
+        # Tensor loading and writing run on their own thread, never on the executor's.
+        fut = self.restorer.submit(self.restore, req.adapter_name, int(req.version))
+        try:
+            resp.accepted, resp.message = fut.result(timeout=120)
+        except TimeoutError:
+            resp.accepted, resp.message = False, "restore did not finish within 120 s"
         resp.active_version = self.versions.get(req.adapter_name, 0)
         return resp
 
@@ -219,6 +226,7 @@ class LearnerNode(Node):
         self.pub.publish(msg)
 
     def close(self) -> None:
+        self.restorer.shutdown(wait=True, cancel_futures=True)
         self.stop.set()
         self.thread.join(timeout=30)
 
