@@ -1,4 +1,5 @@
-"""Safety of policy_node over DDS: clamps and rate limit, watchdog, e-stop, disable, episode end.
+"""Safety of policy_node over DDS: clamps and rate limit, watchdog, e-stop, disable, episode end;
+and each chunk re-scores to its own log-probs from what it carries, with a fast camera.
 
 A real policy_node process (tiny random model, whose raw actions span the whole [-1, 1] range)
 runs in chunk mode; the test is its camera, its joint states and its episode manager, and
@@ -15,17 +16,18 @@ from std_msgs.msg import Bool
 from std_srvs.srv import SetBool
 from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
 
-from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
+from tinyvla_grpo_ros.core.checkpoint import load_checkpoint, save_checkpoint
 from tinyvla_grpo_ros.core.config import ModelConfig, SamplerConfig
-from tinyvla_grpo_ros.core.model import TinyVLAPolicy
+from tinyvla_grpo_ros.core.model import Observation, TinyVLAPolicy
+from tinyvla_grpo_ros.core.sampler import DiffusionSampler
 from tinyvla_grpo_ros.launcher import Launch
-from tinyvla_grpo_ros.nodes.ros_common import LATCHED, RELIABLE
+from tinyvla_grpo_ros.nodes.ros_common import LATCHED, RELIABLE, image_to_numpy
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT, MAX_DELTA, N_EXEC = 0.05, 0.02, 4
 
 
-def test_clamps_rate_limit_watchdog_estop_disable_and_episode_end_over_dds(tmp_path):
+def test_clamps_rate_limit_rescoring_watchdog_estop_disable_and_episode_end_over_dds(tmp_path):
     torch.manual_seed(0)
     cfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
     ckpt = save_checkpoint(tmp_path / "sft", TinyVLAPolicy(cfg),
@@ -48,13 +50,13 @@ def test_clamps_rate_limit_watchdog_estop_disable_and_episode_end_over_dds(tmp_p
     pub_estop = n.create_publisher(Bool, "estop", RELIABLE)
     log = lambda: (tmp_path / "policy_node.log").read_text()[-3000:]  # noqa: E731
 
-    def stream(seconds: float, until=None) -> bool:
-        """Camera + joints at 20 Hz for `seconds` (or until `until()`)."""
+    def stream(seconds: float, until=None, period: float = 0.05) -> bool:
+        """Camera + joints at 1 / period Hz for `seconds` (or until `until()`)."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             assert launch.poll() is None, log()
             feed.publish()
-            if client.spin_until(until or (lambda: False), 0.05) and until is not None:
+            if client.spin_until(until or (lambda: False), period) and until is not None:
                 return True
         return False
 
@@ -76,6 +78,24 @@ def test_clamps_rate_limit_watchdog_estop_disable_and_episode_end_over_dds(tmp_p
             prev = a[c.executed_steps - 1]
             raw_span = max(raw_span, np.abs(a).max())
         assert raw_span > 0.01, "actions all ~0: the limits were not exercised"
+
+        # 1b. a new (random) frame every 5 ms, so frames arrive while the policy samples: each
+        # chunk still carries the observation it was sampled from (its log-probs re-score to
+        # themselves: ratio 1 for the learner), not the newest frame
+        k = len(chunks)
+        assert stream(30, lambda: len(chunks) >= k + 6, period=0.005), log()
+        model, scfg, _ = load_checkpoint(ckpt)
+        sampler = DiffusionSampler(model.config, scfg)
+        for c in chunks[k:k + 6]:
+            obs = Observation(
+                torch.from_numpy(np.stack([image_to_numpy(i) for i in c.images]))[None],
+                torch.tensor([c.joint_positions], dtype=torch.float32), [c.instruction])
+            chain = torch.tensor(c.chain, dtype=torch.float32).reshape(
+                1, len(c.log_probs) + 1, c.horizon, c.action_dim)
+            with torch.no_grad():
+                lp = sampler.chain_log_prob(model, obs, chain, c.executed_steps)[0]
+            assert torch.allclose(lp, torch.tensor(c.log_probs), atol=1e-3, rtol=1e-4), \
+                (lp, c.log_probs)
 
         # 2. the watchdog: the camera stops, a hold follows once; chunks resume with it
         holds.clear()
