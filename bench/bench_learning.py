@@ -44,11 +44,14 @@ def child(args) -> None:
     grpo = GRPOConfig(group_size=args.group_size, lr=args.lr, epochs=args.epochs,
                       minibatch_size=args.minibatch, micro_batch_size=args.minibatch,
                       kl_coef=args.kl_coef if args.child_preset == "adapters" else 0.0,
-                      target_kl=args.target_kl,
-                      device="cpu")
+                      target_kl=args.target_kl, warmup_steps=args.warmup_steps,
+                      base_lr_scale=args.base_lr_scale, device="cpu")
     res = run_metaworld_grpo(args.child_ckpt, args.child_task, args.child_seed, args.episodes,
                              args.child_preset, grpo, args.groups_per_update, args.cell,
                              args.heldout, args.eval_every,
+                             sampler_overrides={"stochastic_steps": args.stochastic_steps,
+                                                "min_sampling_std": args.noise_std,
+                                                "min_logprob_std": args.noise_std},
                              log=lambda s: print(s, file=sys.stderr, flush=True),
                              goal_marker_radius=args.goal_marker_radius)
     out = Path(args.child_out)
@@ -165,6 +168,10 @@ def main() -> None:
     grp.add_argument("--minibatch", type=int, default=128)
     grp.add_argument("--kl-coef", type=float, default=0.0)
     grp.add_argument("--target-kl", type=float, default=0.05)
+    grp.add_argument("--warmup-steps", type=int, default=10)
+    grp.add_argument("--stochastic-steps", type=int, default=3, help="K': noisy denoising steps")
+    grp.add_argument("--noise-std", type=float, default=0.1, help="sampling/scoring std floor")
+    grp.add_argument("--base-lr-scale", type=float, default=1.0)
     for a in ("task", "seed", "preset", "ckpt", "out"):
         ap.add_argument(f"--child-{a}", help=argparse.SUPPRESS,
                         type=int if a == "seed" else str)
@@ -178,7 +185,8 @@ def main() -> None:
         args.eval_every = 1
     passthrough = []
     for a in ("episodes", "group_size", "groups_per_update", "cell", "heldout", "eval_every",
-              "lr", "epochs", "minibatch", "kl_coef", "target_kl", "goal_marker_radius"):
+              "lr", "epochs", "minibatch", "kl_coef", "target_kl", "warmup_steps",
+              "base_lr_scale", "stochastic_steps", "noise_std", "goal_marker_radius"):
         passthrough += [f"--{a.replace('_', '-')}", str(getattr(args, a))]
     t0 = time.time()
     ckpts = {t: str(sft_checkpoint(t, args)) for t in args.tasks}

@@ -120,6 +120,39 @@ def test_target_kl_stops_an_update_that_moves_too_far():
     assert steps[1e-4][1] == 1 and 1 <= steps[1e-4][0] < 16
 
 
+def test_warmup_ramps_the_lr_and_base_tensors_step_at_their_scale():
+    policy, sampler, learner = setup("adapters+head+norms", lr=1e-2, warmup_steps=4,
+                                     base_lr_scale=0.1, minibatch_size=2, micro_batch_size=2)
+    seen = []
+    step = learner.optimizer.step
+    learner.optimizer.step = lambda: (seen.append([g["lr"] for g in
+                                                   learner.optimizer.param_groups]), step())[1]
+    learner.update(make_groups(policy, sampler, n_groups=2, G=4))      # 4 minibatches of 2
+    lora_lr = [s[0] for s in seen]
+    assert lora_lr == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2])
+    assert all(s[1] == pytest.approx(0.1 * s[0]) for s in seen)        # head + norms group
+    names = {id(p): n for n, p in policy.model.named_parameters()}
+    g_lora, g_base = learner.optimizer.param_groups
+    assert all(".lora_" in names[id(p)] for p in g_lora["params"])
+    assert not any(".lora_" in names[id(p)] for p in g_base["params"])
+
+
+def test_each_task_keeps_its_own_optimizer_and_warmup():
+    policy, sampler, learner = setup("adapters", warmup_steps=10)
+    learner.use_optimizer("pick")
+    learner.update(make_groups(policy, sampler))
+    pick = learner.optimizer
+    assert learner.steps_taken["pick"] == 1
+    policy.activate("push")
+    learner.use_optimizer("push")                  # another trainable set: its own Adam
+    assert learner.optimizer is not pick and learner.steps_taken["push"] == 0
+    policy.activate("pick")
+    learner.use_optimizer("pick")                  # back: the same moments, warm-up goes on
+    assert learner.optimizer is pick
+    learner.rebuild_optimizer()                    # after a restore: fresh moments
+    assert learner.optimizer is not pick and learner.steps_taken["pick"] == 0
+
+
 def test_group_with_all_equal_rewards_produces_no_update():
     policy, sampler, learner = setup("adapters")
     groups = make_groups(policy, sampler)

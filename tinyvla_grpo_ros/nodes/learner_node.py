@@ -61,6 +61,10 @@ class LearnerNode(Node):
             kl_coef=declare(self, "kl_coef", 0.0, "KL to the SFT reference", 0.0, 100.0),
             target_kl=declare(self, "target_kl", 0.05, "stop an update early above 1.5 x this "
                               "approximate KL (0 = off)", 0.0, 100.0),
+            warmup_steps=declare(self, "warmup_steps", 10, "linear lr warm-up over a task's "
+                                 "first optimizer steps", 0, 100000),
+            base_lr_scale=declare(self, "base_lr_scale", 1.0, "lr of non-LoRA tensors as a "
+                                  "fraction of lr", 1e-6, 100.0),
             denoise_discount=declare(self, "denoise_discount", 1.0, "per-step discount", 0.01,
                                      1.0),
             device=declare(self, "device", "auto", "auto, cpu or cuda"))
@@ -156,7 +160,7 @@ class LearnerNode(Node):
             return
         t0 = time.perf_counter()
         self.policy.activate(task)
-        self.learner.rebuild_optimizer()
+        self.learner.use_optimizer(task)          # the task's own Adam moments and warm-up
         stats = self.learner.update(groups)
         if stats.optimizer_steps == 0:
             self.learned.update(group_ids)
@@ -198,7 +202,8 @@ class LearnerNode(Node):
             metrics = {"restored_from": float(source)}
             save_adapter_version(self.policy, self.root, version, source, metrics)
             self.versions[task] = version
-            self.learner.rebuild_optimizer()
+            self.learner.use_optimizer(task)
+            self.learner.rebuild_optimizer()      # moments of the abandoned versions: gone
         text = f"{task}: restored v{source} as v{version}; learning goes on from it"
         self.get_logger().warning(text)
         self.publish(task, source, metrics)

@@ -12,6 +12,7 @@ is measured before and after, to show how far the gain carries beyond the cell.
 """
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 from dataclasses import dataclass, field
@@ -97,10 +98,12 @@ def rss_mb() -> float:
 def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384,
                        preset: str = "adapters", grpo: GRPOConfig | None = None,
                        groups_per_update: int = 2, pool_size: int = 20, heldout: int = 20,
-                       eval_every: int = 4, lora_rank: int = 8, log=print, **scene_kw) -> dict:
+                       eval_every: int = 4, lora_rank: int = 8,
+                       sampler_overrides: dict | None = None, log=print, **scene_kw) -> dict:
     t_start = time.time()
     torch.manual_seed(seed)
     model, scfg, meta = load_checkpoint(checkpoint)
+    scfg = dataclasses.replace(scfg, **(sampler_overrides or {}))   # e.g. K', the noise floor
     grpo = grpo or GRPOConfig(device="cpu")
     G = grpo.group_size
     policy = AdaptedPolicy(model, AdapterConfig(preset=preset, rank=lora_rank), [task])
@@ -164,5 +167,7 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
         "wall_seconds": round(time.time() - t_start, 1), "updates": stats_log,
         "grpo": {k: getattr(grpo, k) for k in ("group_size", "lr", "epochs", "minibatch_size",
                                                 "clip_low", "clip_high", "kl_coef",
-                                                "target_kl")},
-        "groups_per_update": groups_per_update, "lora_rank": lora_rank}
+                                                "target_kl", "warmup_steps",
+                                                "base_lr_scale")},
+        "groups_per_update": groups_per_update, "lora_rank": lora_rank,
+        "sampler": scfg.to_dict()}
