@@ -100,6 +100,10 @@ def aggregate(runs: list[dict], name: str, group_key: str) -> dict:
             "lift_points_min": float(100 * np.min(lift)),
             "heldout_sft_mean": float(np.mean([r["heldout_sft_success"] for r in rs])),
             "heldout_final_mean": float(np.mean([r["heldout_final_success"] for r in rs])),
+            "heldout_kept_mean": float(np.mean([r["heldout_kept_success"] for r in rs])),
+            "heldout_kept_lift_points_mean": float(100 * np.mean(
+                [r["heldout_kept_success"] - r["heldout_sft_success"] for r in rs])),
+            "kept_success_mean": float(np.mean([r["kept_success"] for r in rs])),
             "learner_seconds_per_update": float(np.mean([r["learner_seconds_per_update"]
                                                          for r in rs])),
             "update_rss_growth_mb": float(np.max([r["update_rss_growth_mb"] for r in rs])),
@@ -109,7 +113,8 @@ def aggregate(runs: list[dict], name: str, group_key: str) -> dict:
             "episodes", "heldout_sft_success", "heldout_final_success", "curve",
             "explore_curve", "versions", "wall_seconds", "learner_seconds_per_update",
             "trainable_params", "update_rss_growth_mb", "grpo", "groups_per_update",
-            "sft_checkpoint_success", "cell", "heldout")
+            "sft_checkpoint_success", "cell", "heldout", "kept_version", "kept_episodes",
+            "kept_success", "heldout_kept_success", "sampler")
     return {"name": name, "group_key": group_key, "summary": summary,
             "runs": [{k: r[k] for k in keep} for r in runs]}
 
@@ -163,7 +168,7 @@ def main() -> None:
     grp.add_argument("--cell", type=int, default=30, help="init states in the task's cell")
     grp.add_argument("--heldout", type=int, default=20)
     grp.add_argument("--eval-every", type=int, default=4, help="updates between evaluations")
-    grp.add_argument("--lr", type=float, default=1e-4)
+    grp.add_argument("--lr", type=float, default=1e-3, help="LoRA lr (Adam)")
     grp.add_argument("--epochs", type=int, default=2)
     grp.add_argument("--minibatch", type=int, default=128)
     grp.add_argument("--kl-coef", type=float, default=0.0)
@@ -171,7 +176,8 @@ def main() -> None:
     grp.add_argument("--warmup-steps", type=int, default=10)
     grp.add_argument("--stochastic-steps", type=int, default=3, help="K': noisy denoising steps")
     grp.add_argument("--noise-std", type=float, default=0.1, help="sampling/scoring std floor")
-    grp.add_argument("--base-lr-scale", type=float, default=1.0)
+    grp.add_argument("--base-lr-scale", type=float, default=0.03,
+                     help="lr of head and norms as a fraction of --lr")
     for a in ("task", "seed", "preset", "ckpt", "out"):
         ap.add_argument(f"--child-{a}", help=argparse.SUPPRESS,
                         type=int if a == "seed" else str)
@@ -207,7 +213,8 @@ def main() -> None:
     for k, s in sorted(result["summary"].items()):
         print(f"{k}: SFT {s['sft_success_mean']:.2f} -> {s['final_success_mean']:.2f} after "
               f"{s['episodes_per_run']} episodes ({s['runs']} runs; held-out "
-              f"{s['heldout_sft_mean']:.2f} -> {s['heldout_final_mean']:.2f}); learner "
+              f"{s['heldout_sft_mean']:.2f} -> {s['heldout_final_mean']:.2f}, kept version "
+              f"{s['heldout_kept_mean']:.2f}); learner "
               f"{s['learner_seconds_per_update']:.2f} s/update")
     p = args.out
     summ = result["summary"]
@@ -217,6 +224,7 @@ def main() -> None:
         print(f"{p}_{slug(k)}_lift_points={s['lift_points_mean']:.1f}")
         print(f"{p}_{slug(k)}_heldout_sft={s['heldout_sft_mean']:.3f}")
         print(f"{p}_{slug(k)}_heldout_final={s['heldout_final_mean']:.3f}")
+        print(f"{p}_{slug(k)}_heldout_kept={s['heldout_kept_mean']:.3f}")
         if key == "preset":
             print(f"{p}_{slug(k)}_learner_s_per_update={s['learner_seconds_per_update']:.3f}")
             print(f"{p}_{slug(k)}_trainable_params={s['trainable_params']}")
@@ -226,6 +234,9 @@ def main() -> None:
     print(f"{p}_runs={len(runs)}")
     print(f"{p}_mean_lift_points={sum(lifts) / len(lifts):.1f}")
     print(f"{p}_worst_lift_points={min(s['lift_points_min'] for s in summ.values()):.1f}")
+    kl = [s["heldout_kept_lift_points_mean"] for s in summ.values()]
+    print(f"{p}_heldout_kept_mean_lift_points={sum(kl) / len(kl):.1f}")
+    print(f"{p}_heldout_kept_worst_task_lift_points={min(kl):.1f}")
     print(f"{p}_wall_min={result['wall_seconds'] / 60:.1f}")
 
 

@@ -32,3 +32,24 @@ def test_lockstep_rollouts_record_whole_episodes_that_rescore_to_ratio_one():
     assert stats.first_ratio_max_dev < 1e-4 and stats.optimizer_steps == 1
     for s in scenes:
         s.close()
+
+
+def test_runner_reports_last_and_kept_version_with_their_held_out_success(tmp_path):
+    from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
+    from tinyvla_grpo_ros.sim.metaworld_grpo import run_metaworld_grpo
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
+    ckpt = save_checkpoint(tmp_path / "sft", TinyVLAPolicy(cfg), SamplerConfig(executed_steps=4))
+    res = run_metaworld_grpo(ckpt, "reach-v3", episodes=8, preset="adapters",
+                             grpo=GRPOConfig(group_size=2, epochs=1, device="cpu"),
+                             groups_per_update=2, pool_size=3, heldout=2, eval_every=1,
+                             sampler_overrides={"stochastic_steps": 1}, log=lambda s: None,
+                             max_steps=8)
+    assert res["episodes"] == 8 and len(res["curve"]) == 3           # SFT + 2 updates
+    assert res["sampler"]["stochastic_steps"] == 1
+    # the kept version is the best evaluation (later wins ties), its held-out figure measured
+    assert res["kept_success"] == max(r for _, r in res["curve"])
+    assert 0 <= res["kept_version"] <= res["versions"]
+    if res["kept_version"] == res["versions"]:
+        assert res["heldout_kept_success"] == res["heldout_final_success"]
+    assert 0.0 <= res["heldout_kept_success"] <= 1.0

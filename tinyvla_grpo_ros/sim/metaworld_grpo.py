@@ -9,6 +9,11 @@ demonstrations); each update draws `groups_per_update` of them and runs G stocha
 each; success is the deterministic (mean-chain) success over the whole cell, measured every
 `eval_every` updates. Success on held-out init states (the SFT checkpoint's own evaluation set)
 is measured before and after, to show how far the gain carries beyond the cell.
+
+Two results per run: the *last* version (the raw learner), and the *kept* version: the one with
+the best cell evaluation, SFT included (what the regression guard and `select_adapter` leave on
+the robot). The kept version is chosen on the cell, so its cell figure is biased upwards; its
+held-out figure is not (those states played no part in choosing it).
 """
 from __future__ import annotations
 
@@ -123,9 +128,14 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                            torch.Generator().manual_seed(seed))
         return float(np.mean([e.success for e in eps]))
 
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in policy.model.named_parameters()
+                if p.requires_grad}
+
     before, held_before = success(cell), success(held)
     log(f"[{task} s{seed} {preset}] SFT: cell {before:.2f}, held-out {held_before:.2f}")
     curve = [(0, before)]
+    kept = {"version": 0, "cell": before, "episodes": 0, "params": snapshot()}
     explore: list[tuple[int, float]] = []
     stats_log, learner_s, done, version, peak_update_mb = [], 0.0, 0, 0, 0.0
     updates = episodes // (G * groups_per_update)
@@ -147,10 +157,23 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
         stats_log.append({"update": u, "episodes": done, **st.as_dict()})
         if (u + 1) % eval_every == 0 or u == updates - 1:
             curve.append((done, success(cell)))
+            if curve[-1][1] >= kept["cell"]:
+                kept = {"version": version, "cell": curve[-1][1], "episodes": done,
+                        "params": snapshot()}
             log(f"[{task} s{seed} {preset}] {done} episodes, v{version}: cell success "
                 f"{curve[-1][1]:.2f} (explore {explore[-1][1]:.2f}, approx_kl "
                 f"{st.approx_kl:.3f}, clip {st.clip_fraction:.2f})")
     held_after = success(held)
+    held_kept = held_after
+    if kept["version"] != version:
+        with torch.no_grad():
+            params = dict(policy.model.named_parameters())
+            for n, t in kept["params"].items():
+                params[n].copy_(t)
+        held_kept = success(held)
+    log(f"[{task} s{seed} {preset}] kept v{kept['version']} (cell {kept['cell']:.2f}): "
+        f"held-out {held_before:.2f} -> {held_kept:.2f}; last v{version}: held-out "
+        f"{held_after:.2f}")
     for s in scenes:
         s.close()
     return {
@@ -159,6 +182,8 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
         "sft_success": before, "final_success": curve[-1][1],
         "best_success": max(r for _, r in curve), "episodes": done,
         "heldout_sft_success": held_before, "heldout_final_success": held_after,
+        "kept_version": kept["version"], "kept_episodes": kept["episodes"],
+        "kept_success": kept["cell"], "heldout_kept_success": held_kept,
         "cell": cell, "heldout": [held[0], held[-1]], "curve": curve, "explore_curve": explore,
         "versions": version, "learner_seconds": round(learner_s, 2),
         "learner_seconds_per_update": round(learner_s / max(1, updates), 3),
