@@ -44,6 +44,7 @@ from tinyvla_grpo_interfaces.msg import (
 )
 from tinyvla_grpo_interfaces.srv import MarkOutcome, ResetScene, SelectAdapter, StartEpisode
 
+from ..core.init_states import check_mode, latest_groups, pick_init_states
 from ..core.regression_guard import RegressionGuard
 from ..core.rollout_store import EpisodeRecord, RolloutStore, StoreError
 from ..operator_input import JoyMarker
@@ -82,8 +83,9 @@ class EpisodeManagerNode(OperatorActions, Node):
         self.wait_update = declare(self, "wait_for_update_s", 600.0,
                                    "max wait for a new version after a group", 0.0, 1e6)
         self.auto_start = declare(self, "auto_start", True, "start groups without an operator")
-        self.skip_solved = declare(self, "skip_solved", False,
-                                   "skip init states whose last group all succeeded")
+        self.init_sampling = check_mode(declare(
+            self, "init_state_sampling", "uniform", "how groups draw init states: "
+            "uniform, skip_solved or informative (core/init_states.py)"))
         seed = declare(self, "seed", 0, "init-state order seed", 0, 2**31 - 1)
         ready_topic = declare(self, "group_ready_topic", "group_ready",
                               "GroupReady topic (absolute when one learner serves robots)")
@@ -231,15 +233,17 @@ class EpisodeManagerNode(OperatorActions, Node):
         return None
 
     def pick_init_state(self) -> int:
-        ids = list(self.init_ids)
-        if self.skip_solved:
-            solved = set()
+        latest = {}
+        if self.init_sampling != "uniform":
+            done = []                                   # complete groups, oldest first
             for gid in self.store.groups(self.task):
+                if gid.startswith("eval-"):
+                    continue                            # several init states, never learned
                 eps = self.store.read_group(self.task, gid, with_tensors=False)
-                if len(eps) >= self.G and all(e.success for e in eps):
-                    solved.add(eps[0].init_state_id)
-            ids = [i for i in ids if i not in solved] or ids
-        return int(self.rng.choice(ids))
+                if len(eps) >= self.G:
+                    done.append((eps[0].init_state_id, [e.success for e in eps]))
+            latest = latest_groups(done)
+        return pick_init_states(self.init_ids, latest, self.init_sampling, self.rng)[0]
 
     def begin_group(self, gid: str, init_id: int, queue, done: int = 0) -> None:
         self.state.group_id, self.state.group_index = gid, done

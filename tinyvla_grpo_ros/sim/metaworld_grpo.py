@@ -6,7 +6,8 @@ serves all of them (the model runs once per decision point, not G times).
 
 As on a robot, the task has a fixed cell of `pool_size` initial states (never seen in the SFT
 demonstrations); each update draws `groups_per_update` of them and runs G stochastic rollouts of
-each; success is the deterministic (mean-chain) success over the whole cell, measured every
+each (drawn by `init_sampling`, core/init_states.py, as the episode manager draws them);
+success is the deterministic (mean-chain) success over the whole cell, measured every
 `eval_every` updates. Success on held-out init states (the SFT checkpoint's own evaluation set)
 is measured before and after, to show how far the gain carries beyond the cell.
 
@@ -27,6 +28,7 @@ import torch
 
 from ..core.adapters import AdaptedPolicy, AdapterConfig
 from ..core.checkpoint import load_checkpoint
+from ..core.init_states import check_mode, pick_init_states
 from ..core.learner import GRPOConfig, GRPOLearner
 from ..core.rollout_store import EpisodeRecord
 from ..core.sampler import DiffusionSampler
@@ -104,8 +106,10 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                        preset: str = "adapters", grpo: GRPOConfig | None = None,
                        groups_per_update: int = 2, pool_size: int = 20, heldout: int = 20,
                        eval_every: int = 4, lora_rank: int = 8,
-                       sampler_overrides: dict | None = None, log=print, **scene_kw) -> dict:
+                       sampler_overrides: dict | None = None, init_sampling: str = "uniform",
+                       log=print, **scene_kw) -> dict:
     t_start = time.time()
+    check_mode(init_sampling)
     torch.manual_seed(seed)
     model, scfg, meta = load_checkpoint(checkpoint)
     scfg = dataclasses.replace(scfg, **(sampler_overrides or {}))   # e.g. K', the noise floor
@@ -138,11 +142,14 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
     kept = {"version": 0, "cell": before, "episodes": 0, "params": snapshot()}
     explore: list[tuple[int, float]] = []
     stats_log, learner_s, done, version, peak_update_mb = [], 0.0, 0, 0, 0.0
+    latest: dict[int, tuple[int, int]] = {}     # init id -> (successes, G) of its latest group
     updates = episodes // (G * groups_per_update)
     for u in range(updates):
-        picks = rng.choice(cell, groups_per_update, replace=False).tolist()
+        picks = pick_init_states(cell, latest, init_sampling, rng, groups_per_update)
         ids = [i for i in picks for _ in range(G)]
         eps = run_lockstep(scenes, policy.model, sampler, ids, False, gen, record=True)
+        for g, i in enumerate(picks):
+            latest[i] = (sum(e.success for e in eps[g * G:(g + 1) * G]), G)
         groups = [to_records(eps[g * G:(g + 1) * G], f"u{u:03d}-g{g}", task, task, version,
                              instruction, sampler.executed_steps())
                   for g in range(groups_per_update)]
@@ -195,4 +202,5 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                                                 "target_kl", "warmup_steps",
                                                 "base_lr_scale")},
         "groups_per_update": groups_per_update, "lora_rank": lora_rank,
+        "init_sampling": init_sampling,
         "sampler": scfg.to_dict()}
