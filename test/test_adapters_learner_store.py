@@ -318,3 +318,56 @@ def test_store_prunes_old_groups(tmp_path):
     for g in range(4):
         store.write_episode(_record("e0", group=f"g{g}"))
     assert store.groups("a") == ["g2", "g3"]
+
+
+def make_uneven_group(policy, sampler, lengths=(1, 3, 2, 5), seed=0):
+    """One group whose episodes have different chunk counts (a long failure, a short success)."""
+    cfg, gen, eps = policy.model.config, torch.Generator().manual_seed(seed), []
+    for j, C in enumerate(lengths):
+        obs = random_obs(cfg, B=C, seed=seed + 10 * j)
+        chunk = sampler.sample(policy.model, obs, generator=gen)
+        eps.append(EpisodeRecord(
+            episode_id=f"e{j}", group_id="g", task="pick", init_state_id=0,
+            adapter_name="pick", adapter_version=0, instruction=obs.instruction[0],
+            reward=float(j % 2), success=bool(j % 2),
+            tensors={"images": obs.images, "states": obs.state, "chains": chunk.chain,
+                     "log_probs": chunk.log_probs,
+                     "executed": torch.full((C,), chunk.executed_steps)}))
+    return [eps]
+
+
+def test_episode_aggregation_weighs_every_episode_the_same_and_micro_batches_exactly():
+    from tinyvla_grpo_ros.core.learner import UpdateStats, build_batch
+    policy, sampler, learner = setup("adapters+head+norms", loss_aggregation="episode")
+    groups = make_uneven_group(policy, sampler)
+    batch = build_batch(groups, learner.cfg, UpdateStats())
+    starts = torch.tensor([0, 1, 4, 6, 11])
+    per_episode = [batch.weights[a:b].sum().item() for a, b in zip(starts[:-1], starts[1:])]
+    assert per_episode == pytest.approx([1.0] * 4)
+    grads = []
+    for micro in (11, 3, 1):
+        learner.cfg.micro_batch_size = micro
+        learner.minibatch_gradient(batch, {})
+        grads.append([p.grad.clone() for p in policy.trainable_parameters()])
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    # chunk aggregation of the same batch is a different gradient (long episodes weigh more)
+    learner.cfg.loss_aggregation = "chunk"
+    learner.minibatch_gradient(build_batch(groups, learner.cfg, UpdateStats()), {})
+    chunk = [p.grad.clone() for p in policy.trainable_parameters()]
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[0], chunk))
+
+
+def test_episode_and_chunk_aggregation_agree_on_one_chunk_episodes():
+    policy, sampler, learner = setup("adapters", loss_aggregation="episode")
+    from tinyvla_grpo_ros.core.learner import UpdateStats, build_batch
+    groups = make_groups(policy, sampler, n_groups=1, G=4)      # one chunk per episode
+    grads = []
+    for agg in ("episode", "chunk"):
+        learner.cfg.loss_aggregation = agg
+        learner.minibatch_gradient(build_batch(groups, learner.cfg, UpdateStats()), {})
+        grads.append([p.grad.clone() for p in policy.trainable_parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    with pytest.raises(ValueError, match="loss_aggregation must be"):
+        GRPOConfig(loss_aggregation="token")

@@ -6,11 +6,13 @@ K' fine-tuned denoising steps; logp (N, K') per-step log-densities (sampler.py).
     A_i = (r_i - mean(r)) / (std(r) + eps)                      (Shao et al. 2024, GRPO)
     A_i = r_i - mean_{j != i}(r_j)                              leave-one-out (RLOO), as an option
     rho_{n,k} = exp(logp_new - logp_old)
-    L = - sum_{n,k} w_k * min(rho A_n, clip(rho, 1 - eps_low, 1 + eps_high) A_n) / Z
-        + beta * sum_{n,k} w_k * KL_k3(n,k) / Z     (Schulman's k3: e^d - d - 1, d = ref - new)
+    L = - sum_{n,k} u_n w_k * min(rho A_n, clip(rho, 1 - eps_low, 1 + eps_high) A_n) / Z
+        + beta * sum_{n,k} u_n w_k * KL_k3(n,k) / Z  (Schulman's k3: e^d - d - 1, d = ref - new)
     w_k = gamma^(K'-1-k): denoising discount (DPPO), the last step (k = K'-1) weighs 1.
-Z is the weight sum over the *whole* batch, passed in, so that micro-batches add up to the same
-gradient as one batch. Pure functions: backward, optimizer and logging belong to the caller.
+    u_n = 1 per chunk ("chunk": DAPO's token-level mean), or 1 / C_e for the C_e chunks of
+    episode e ("episode": GRPO's per-sequence mean, every episode weighs the same).
+Z = sum_n u_n * sum_k w_k over the *whole* batch, passed in, so that micro-batches add up to the
+same gradient as one batch. Pure functions: backward, optimizer and logging belong to the caller.
 """
 from __future__ import annotations
 
@@ -58,15 +60,19 @@ def step_weights(k_prime: int, gamma: float) -> torch.Tensor:
 
 
 def grpo_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
-              cfg: GRPOLossConfig, normalizer: float, logp_ref: torch.Tensor | None = None
+              cfg: GRPOLossConfig, normalizer: float, logp_ref: torch.Tensor | None = None,
+              chunk_weights: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate per denoising step. logp_* (N, K'), advantages (N,).
+    """Clipped surrogate per denoising step. logp_* (N, K'), advantages (N,), chunk_weights
+    (N,) = u_n (None: all 1).
 
     Returns (loss, stats) where loss is this batch's share of the whole-batch mean (divided by
     `normalizer`, the whole batch's weight sum) and stats are sums over this batch's N*K' terms.
     """
     N, Kp = logp_new.shape
     w = step_weights(Kp, cfg.denoise_discount).to(logp_new.device).expand(N, Kp)   # (N, K')
+    if chunk_weights is not None:
+        w = w * chunk_weights[:, None]                                               # (N, K')
     # 1. importance ratio per step
     log_ratio = logp_new - logp_old
     ratio = log_ratio.exp()

@@ -50,6 +50,8 @@ class GRPOConfig:
     max_grad_norm: float = 1.0
     adv_eps: float = 1e-6
     leave_one_out: bool = False
+    loss_aggregation: str = "chunk"     # "chunk": mean over chunks; "episode": each episode
+    #                                     weighs the same, whatever its length (grpo.py)
     drop_stale: bool = True             # refuse groups of another adapter version
     device: str = "auto"                # "auto" = cuda if available, else cpu
 
@@ -67,6 +69,9 @@ class GRPOConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.base_lr_scale <= 0:
             raise ValueError(f"base_lr_scale must be > 0, got {self.base_lr_scale}")
+        if self.loss_aggregation not in ("chunk", "episode"):
+            raise ValueError(f"loss_aggregation must be 'chunk' or 'episode', got "
+                             f"{self.loss_aggregation!r}")
         self.loss_cfg()  # validates the clip / discount / kl fields
 
     def loss_cfg(self) -> GRPOLossConfig:
@@ -103,13 +108,20 @@ class UpdateStats:
 
 @dataclass
 class Batch:
-    """Chunks of all episodes: obs, chains (N, K'+1, Ta, Da), logp_old (N, K'), adv (N,)."""
+    """Chunks of all episodes: obs, chains (N, K'+1, Ta, Da), logp_old (N, K'), adv (N,),
+    weights (N,) = u_n of grpo.py."""
 
     obs: Observation
     chains: torch.Tensor
     logp_old: torch.Tensor
     executed: torch.Tensor
     advantages: torch.Tensor
+    weights: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.obs.to(device), self.chains.to(device), self.logp_old.to(device),
+                     self.executed.to(device), self.advantages.to(device),
+                     self.weights.to(device))
 
     def __len__(self) -> int:
         return self.chains.shape[0]
@@ -119,7 +131,7 @@ class Batch:
         return Batch(Observation(self.obs.images[idx], self.obs.state[idx],
                                  [self.obs.instruction[i] for i in il]),
                      self.chains[idx], self.logp_old[idx], self.executed[idx],
-                     self.advantages[idx])
+                     self.advantages[idx], self.weights[idx])
 
 
 def build_batch(groups: list[list[EpisodeRecord]], cfg: GRPOConfig, stats: UpdateStats
@@ -136,7 +148,8 @@ def build_batch(groups: list[list[EpisodeRecord]], cfg: GRPOConfig, stats: Updat
         for ep, a in zip(group, adv):
             t = ep.tensors
             C = t["chains"].shape[0]
-            parts.append((t, [ep.instruction] * C, a.expand(C)))
+            u = 1.0 / C if cfg.loss_aggregation == "episode" else 1.0
+            parts.append((t, [ep.instruction] * C, a.expand(C), torch.full((C,), u)))
     stats.skipped_fraction = stats.groups_skipped / max(1, stats.groups)
     stats.mean_reward = sum(rewards) / max(1, len(rewards))
     if not parts:
@@ -145,7 +158,7 @@ def build_batch(groups: list[list[EpisodeRecord]], cfg: GRPOConfig, stats: Updat
     return Batch(Observation(cat("images"), cat("states").float(),
                              [s for p in parts for s in p[1]]),
                  cat("chains").float(), cat("log_probs").float(), cat("executed").long(),
-                 torch.cat([p[2] for p in parts]).float())
+                 torch.cat([p[2] for p in parts]).float(), torch.cat([p[3] for p in parts]))
 
 
 class GRPOLearner:
@@ -202,15 +215,14 @@ class GRPOLearner:
 
     def accumulate(self, b: Batch, normalizer: float, acc: dict[str, float]) -> None:
         """Forward + backward of one micro-batch; gradients add up in .grad."""
-        b = Batch(b.obs.to(self.device), b.chains.to(self.device), b.logp_old.to(self.device),
-                  b.executed.to(self.device), b.advantages.to(self.device))
+        b = b.to(self.device)
         logp_new = self._logp(b)
         logp_ref = None
         if self.loss_cfg.kl_coef > 0:
             with torch.no_grad(), self.policy.reference():
                 logp_ref = self._logp(b)
         loss, st = grpo_loss(logp_new, b.logp_old, b.advantages, self.loss_cfg, normalizer,
-                             logp_ref)
+                             logp_ref, b.weights)
         loss.backward()
         acc["loss"] = acc.get("loss", 0.0) + loss.item()
         for k in ("clip_count", "approx_kl_sum", "ref_kl_sum", "terms"):
@@ -222,7 +234,8 @@ class GRPOLearner:
         """Zero grads, then accumulate the whole minibatch in micro-batches."""
         self.optimizer.zero_grad(set_to_none=True)
         Kp = b.chains.shape[1] - 1
-        normalizer = float(len(b) * step_weights(Kp, self.loss_cfg.denoise_discount).sum())
+        w_steps = step_weights(Kp, self.loss_cfg.denoise_discount).sum()
+        normalizer = float(b.weights.sum() * w_steps)
         for start in range(0, len(b), self.cfg.micro_batch_size):
             idx = torch.arange(start, min(start + self.cfg.micro_batch_size, len(b)))
             self.accumulate(b.select(idx), normalizer, acc)

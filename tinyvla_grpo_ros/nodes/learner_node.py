@@ -67,6 +67,8 @@ class LearnerNode(Node):
                                   "fraction of lr", 1e-6, 100.0),
             denoise_discount=declare(self, "denoise_discount", 1.0, "per-step discount", 0.01,
                                      1.0),
+            loss_aggregation=declare(self, "loss_aggregation", "chunk", "chunk (mean over "
+                                     "chunks) or episode (every episode weighs the same)"),
             device=declare(self, "device", "auto", "auto, cpu or cuda"))
         model, sampler_cfg, _ = load_checkpoint(ckpt)
         self.policy = AdaptedPolicy(model, adapter_cfg, self.tasks)
