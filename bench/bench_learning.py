@@ -45,7 +45,8 @@ def child(args) -> None:
                       minibatch_size=args.minibatch, micro_batch_size=args.minibatch,
                       kl_coef=args.kl_coef if args.child_preset == "adapters" else 0.0,
                       target_kl=args.target_kl, warmup_steps=args.warmup_steps,
-                      base_lr_scale=args.base_lr_scale, device="cpu")
+                      base_lr_scale=args.base_lr_scale,
+                      loss_aggregation=args.loss_aggregation, device="cpu")
     res = run_metaworld_grpo(args.child_ckpt, args.child_task, args.child_seed, args.episodes,
                              args.child_preset, grpo, args.groups_per_update, args.cell,
                              args.heldout, args.eval_every,
@@ -53,7 +54,8 @@ def child(args) -> None:
                                                 "min_sampling_std": args.noise_std,
                                                 "min_logprob_std": args.noise_std},
                              log=lambda s: print(s, file=sys.stderr, flush=True),
-                             goal_marker_radius=args.goal_marker_radius)
+                             goal_marker_radius=args.goal_marker_radius,
+                             init_sampling=args.init_sampling)
     out = Path(args.child_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
@@ -84,6 +86,12 @@ def run_one(job: dict, args, passthrough: list[str]) -> dict:
     return json.loads(out.read_text())
 
 
+def signal_fraction(runs: list[dict]) -> float:
+    """Fraction of groups with reward variance (the ones GRPO learns from) over all updates."""
+    groups = sum(u["groups"] for r in runs for u in r["updates"])
+    return 1.0 - sum(u["groups_skipped"] for r in runs for u in r["updates"]) / max(1, groups)
+
+
 def aggregate(runs: list[dict], name: str, group_key: str) -> dict:
     import numpy as np
     by = {}
@@ -104,6 +112,7 @@ def aggregate(runs: list[dict], name: str, group_key: str) -> dict:
             "heldout_kept_lift_points_mean": float(100 * np.mean(
                 [r["heldout_kept_success"] - r["heldout_sft_success"] for r in rs])),
             "kept_success_mean": float(np.mean([r["kept_success"] for r in rs])),
+            "signal_group_fraction": signal_fraction(rs),
             "learner_seconds_per_update": float(np.mean([r["learner_seconds_per_update"]
                                                          for r in rs])),
             "update_rss_growth_mb": float(np.max([r["update_rss_growth_mb"] for r in rs])),
@@ -113,10 +122,10 @@ def aggregate(runs: list[dict], name: str, group_key: str) -> dict:
             "episodes", "heldout_sft_success", "heldout_final_success", "curve",
             "explore_curve", "versions", "wall_seconds", "learner_seconds_per_update",
             "trainable_params", "update_rss_growth_mb", "grpo", "groups_per_update",
-            "sft_checkpoint_success", "cell", "heldout", "kept_version", "kept_episodes",
-            "kept_success", "heldout_kept_success", "sampler")
+            "sft_checkpoint_success", "cell", "updates", "heldout", "kept_version",
+            "kept_episodes", "kept_success", "heldout_kept_success", "sampler", "init_sampling")
     return {"name": name, "group_key": group_key, "summary": summary,
-            "runs": [{k: r[k] for k in keep} for r in runs]}
+            "runs": [{k: r.get(k) for k in keep} for r in runs]}
 
 
 def plot(result: dict, path: Path, title: str) -> None:
@@ -169,13 +178,18 @@ def main() -> None:
     grp.add_argument("--heldout", type=int, default=20)
     grp.add_argument("--eval-every", type=int, default=4, help="updates between evaluations")
     grp.add_argument("--lr", type=float, default=1e-3, help="LoRA lr (Adam)")
-    grp.add_argument("--epochs", type=int, default=2)
+    grp.add_argument("--epochs", type=int, default=4)
     grp.add_argument("--minibatch", type=int, default=128)
     grp.add_argument("--kl-coef", type=float, default=0.0)
     grp.add_argument("--target-kl", type=float, default=0.05)
     grp.add_argument("--warmup-steps", type=int, default=10)
     grp.add_argument("--stochastic-steps", type=int, default=3, help="K': noisy denoising steps")
     grp.add_argument("--noise-std", type=float, default=0.1, help="sampling/scoring std floor")
+    grp.add_argument("--loss-aggregation", default="chunk", choices=("chunk", "episode"),
+                     help="mean over chunks, or every episode weighs the same (core/grpo.py)")
+    grp.add_argument("--init-sampling", default="informative",
+                     choices=("uniform", "skip_solved", "informative"),
+                     help="how each update draws its init states (core/init_states.py)")
     grp.add_argument("--base-lr-scale", type=float, default=0.03,
                      help="lr of head and norms as a fraction of --lr")
     for a in ("task", "seed", "preset", "ckpt", "out"):
@@ -192,7 +206,8 @@ def main() -> None:
     passthrough = []
     for a in ("episodes", "group_size", "groups_per_update", "cell", "heldout", "eval_every",
               "lr", "epochs", "minibatch", "kl_coef", "target_kl", "warmup_steps",
-              "base_lr_scale", "stochastic_steps", "noise_std", "goal_marker_radius"):
+              "base_lr_scale", "stochastic_steps", "noise_std", "goal_marker_radius",
+              "init_sampling", "loss_aggregation"):
         passthrough += [f"--{a.replace('_', '-')}", str(getattr(args, a))]
     t0 = time.time()
     ckpts = {t: str(sft_checkpoint(t, args)) for t in args.tasks}
@@ -225,6 +240,7 @@ def main() -> None:
         print(f"{p}_{slug(k)}_heldout_sft={s['heldout_sft_mean']:.3f}")
         print(f"{p}_{slug(k)}_heldout_final={s['heldout_final_mean']:.3f}")
         print(f"{p}_{slug(k)}_heldout_kept={s['heldout_kept_mean']:.3f}")
+        print(f"{p}_{slug(k)}_signal_group_fraction={s['signal_group_fraction']:.2f}")
         if key == "preset":
             print(f"{p}_{slug(k)}_learner_s_per_update={s['learner_seconds_per_update']:.3f}")
             print(f"{p}_{slug(k)}_trainable_params={s['trainable_params']}")
