@@ -200,7 +200,7 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
         "grpo": {k: getattr(grpo, k) for k in ("group_size", "lr", "epochs", "minibatch_size",
                                                 "clip_low", "clip_high", "kl_coef",
                                                 "target_kl", "warmup_steps",
-                                                "base_lr_scale")},
+                                                "base_lr_scale", "loss_aggregation")},
         "groups_per_update": groups_per_update, "lora_rank": lora_rank,
         "init_sampling": init_sampling,
         "sampler": scfg.to_dict()}
