@@ -44,9 +44,10 @@ def test_runner_reports_last_and_kept_version_with_their_held_out_success(tmp_pa
                              grpo=GRPOConfig(group_size=2, epochs=1, device="cpu"),
                              groups_per_update=2, pool_size=3, heldout=2, eval_every=1,
                              sampler_overrides={"stochastic_steps": 1}, log=lambda s: None,
-                             max_steps=8)
+                             init_sampling="informative", max_steps=8)
     assert res["episodes"] == 8 and len(res["curve"]) == 3           # SFT + 2 updates
-    assert res["sampler"]["stochastic_steps"] == 1
+    assert res["sampler"]["stochastic_steps"] == 1 and res["init_sampling"] == "informative"
+    assert all(u["groups"] == 2 for u in res["updates"])             # two distinct states each
     # the kept version is the best evaluation (later wins ties), its held-out figure measured
     assert res["kept_success"] == max(r for _, r in res["curve"])
     assert 0 <= res["kept_version"] <= res["versions"]
