@@ -40,9 +40,13 @@ def test_clamps_rate_limit_rescoring_watchdog_estop_disable_and_episode_end_over
         only=["policy_node"], log_dir=tmp_path)
     client = Client("safety")
     n = client.node
-    chunks, holds, diags = [], [], []
-    n.create_subscription(ActionChunk, "action_chunk",
-                          lambda m: (chunks if m.horizon else holds).append(m), RELIABLE)
+    chunks, holds, diags, stream_order = [], [], [], []
+
+    def on_chunk(m: ActionChunk) -> None:
+        (chunks if m.horizon else holds).append(m)
+        stream_order.append(m)                   # chunks and holds in the order they came
+
+    n.create_subscription(ActionChunk, "action_chunk", on_chunk, RELIABLE)
     n.create_subscription(DiagnosticArray, "/diagnostics",
                           lambda m: diags.extend(s.message for s in m.status), 10)
     feed = SensorFeed(n)
@@ -67,10 +71,14 @@ def test_clamps_rate_limit_rescoring_watchdog_estop_disable_and_episode_end_over
     try:
         run_episode("ep-1")
         assert stream(60, lambda: len(chunks) >= 6), f"no chunks\n{log()}"
-        # 1. clamps and the rate limit, within and across chunks, from rest (zeros)
+        # 1. clamps and the rate limit, within and across chunks, from rest (zeros); a hold
+        # (the watchdog, when a decision stalls past watchdog_s) stops the arm: rest again
         prev = np.zeros(4)
         raw_span = 0.0
-        for c in chunks[:6]:
+        for c in stream_order[:stream_order.index(chunks[5]) + 1]:
+            if not c.horizon:
+                prev = np.zeros(4)
+                continue
             a = np.asarray(c.actions).reshape(c.horizon, c.action_dim)
             assert np.all(np.abs(a) <= LIMIT + 1e-6), a
             steps = np.diff(np.vstack([prev, a]), axis=0)
