@@ -23,6 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tinyvla_grpo_ros.core.init_states import SAMPLING_MODES
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 TASKS = ("reach-v3", "button-press-topdown-v3", "push-v3")
@@ -187,8 +189,7 @@ def main() -> None:
     grp.add_argument("--noise-std", type=float, default=0.1, help="sampling/scoring std floor")
     grp.add_argument("--loss-aggregation", default="chunk", choices=("chunk", "episode"),
                      help="mean over chunks, or every episode weighs the same (core/grpo.py)")
-    grp.add_argument("--init-sampling", default="informative",
-                     choices=("uniform", "skip_solved", "informative"),
+    grp.add_argument("--init-sampling", default="informative", choices=SAMPLING_MODES,
                      help="how each update draws its init states (core/init_states.py)")
     grp.add_argument("--base-lr-scale", type=float, default=0.03,
                      help="lr of head and norms as a fraction of --lr")

@@ -28,7 +28,7 @@ import torch
 
 from ..core.adapters import AdaptedPolicy, AdapterConfig
 from ..core.checkpoint import load_checkpoint
-from ..core.init_states import check_mode, pick_init_states
+from ..core.init_states import check_mode, latest_groups, pick_init_states
 from ..core.learner import GRPOConfig, GRPOLearner
 from ..core.rollout_store import EpisodeRecord
 from ..core.sampler import DiffusionSampler
@@ -148,8 +148,8 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
         picks = pick_init_states(cell, latest, init_sampling, rng, groups_per_update)
         ids = [i for i in picks for _ in range(G)]
         eps = run_lockstep(scenes, policy.model, sampler, ids, False, gen, record=True)
-        for g, i in enumerate(picks):
-            latest[i] = (sum(e.success for e in eps[g * G:(g + 1) * G]), G)
+        latest.update(latest_groups((i, [e.success for e in eps[g * G:(g + 1) * G]])
+                                    for g, i in enumerate(picks)))
         groups = [to_records(eps[g * G:(g + 1) * G], f"u{u:03d}-g{g}", task, task, version,
                              instruction, sampler.executed_steps())
                   for g in range(groups_per_update)]
