@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tinyvla_grpo_ros.core.init_states import SAMPLING_MODES
+from tinyvla_grpo_ros.core.init_states import OUTCOME_CLASSES, SAMPLING_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -57,7 +57,8 @@ def child(args) -> None:
                                                 "min_logprob_std": args.noise_std},
                              log=lambda s: print(s, file=sys.stderr, flush=True),
                              goal_marker_radius=args.goal_marker_radius,
-                             init_sampling=args.init_sampling)
+                             init_sampling=args.init_sampling,
+                             state_rollouts=args.state_rollouts)
     out = Path(args.child_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
@@ -120,12 +121,19 @@ def aggregate(runs: list[dict], name: str, group_key: str) -> dict:
             "update_rss_growth_mb": float(np.max([r["update_rss_growth_mb"] for r in rs])),
             "trainable_params": rs[0]["trainable_params"],
             "wall_seconds_mean": float(np.mean([r["wall_seconds"] for r in rs]))}
+        if all(r.get("state_outcomes") for r in rs):       # runs with --state-rollouts
+            for when in ("sft", "last"):
+                n = sum(len(r["state_outcomes"][when]) for r in rs)
+                for c in OUTCOME_CLASSES:
+                    summary[k][f"{when}_states_{c}_fraction"] = sum(
+                        r["state_outcomes"][f"{when}_classes"][c] for r in rs) / n
     keep = ("task", "seed", "preset", "sft_success", "final_success", "best_success",
             "episodes", "heldout_sft_success", "heldout_final_success", "curve",
             "explore_curve", "versions", "wall_seconds", "learner_seconds_per_update",
             "trainable_params", "update_rss_growth_mb", "grpo", "groups_per_update",
             "sft_checkpoint_success", "cell", "updates", "heldout", "kept_version",
-            "kept_episodes", "kept_success", "heldout_kept_success", "sampler", "init_sampling")
+            "kept_episodes", "kept_success", "heldout_kept_success", "sampler", "init_sampling",
+            "state_outcomes")
     return {"name": name, "group_key": group_key, "summary": summary,
             "runs": [{k: r.get(k) for k in keep} for r in runs]}
 
@@ -191,6 +199,9 @@ def main() -> None:
                      help="mean over chunks, or every episode weighs the same (core/grpo.py)")
     grp.add_argument("--init-sampling", default="informative", choices=SAMPLING_MODES,
                      help="how each update draws its init states (core/init_states.py)")
+    grp.add_argument("--state-rollouts", type=int, default=0,
+                     help="stochastic rollouts per cell state at SFT and at the last version: "
+                          "how many states are never / sometimes / always solved (0 = skip)")
     grp.add_argument("--base-lr-scale", type=float, default=0.03,
                      help="lr of head and norms as a fraction of --lr")
     for a in ("task", "seed", "preset", "ckpt", "out"):
@@ -208,7 +219,7 @@ def main() -> None:
     for a in ("episodes", "group_size", "groups_per_update", "cell", "heldout", "eval_every",
               "lr", "epochs", "minibatch", "kl_coef", "target_kl", "warmup_steps",
               "base_lr_scale", "stochastic_steps", "noise_std", "goal_marker_radius",
-              "init_sampling", "loss_aggregation"):
+              "init_sampling", "loss_aggregation", "state_rollouts"):
         passthrough += [f"--{a.replace('_', '-')}", str(getattr(args, a))]
     t0 = time.time()
     ckpts = {t: str(sft_checkpoint(t, args)) for t in args.tasks}
@@ -242,6 +253,11 @@ def main() -> None:
         print(f"{p}_{slug(k)}_heldout_final={s['heldout_final_mean']:.3f}")
         print(f"{p}_{slug(k)}_heldout_kept={s['heldout_kept_mean']:.3f}")
         print(f"{p}_{slug(k)}_signal_group_fraction={s['signal_group_fraction']:.2f}")
+        for when in ("sft", "last"):
+            for c in OUTCOME_CLASSES:
+                if f"{when}_states_{c}_fraction" in s:
+                    print(f"{p}_{slug(k)}_{when}_states_{c}_fraction="
+                          f"{s[f'{when}_states_{c}_fraction']:.2f}")
         if key == "preset":
             print(f"{p}_{slug(k)}_learner_s_per_update={s['learner_seconds_per_update']:.3f}")
             print(f"{p}_{slug(k)}_trainable_params={s['trainable_params']}")

@@ -5,6 +5,7 @@ import pytest
 from tinyvla_grpo_ros.core.init_states import (
     init_state_weights,
     latest_groups,
+    outcome_classes,
     pick_init_states,
 )
 
@@ -61,3 +62,11 @@ def test_informative_sampling_wastes_fewer_groups_than_uniform():
     uniform = np.mean([signal_fraction("uniform", s) for s in range(5)])
     informative = np.mean([signal_fraction("informative", s) for s in range(5)])
     assert uniform < 0.3 and informative > uniform + 0.2
+
+
+def test_outcome_classes_split_states_into_never_mixed_always():
+    assert outcome_classes([0, 3, 8, 8, 1, 0], 8) == {"never": 2, "mixed": 2, "always": 2}
+    with pytest.raises(ValueError, match="lie in"):
+        outcome_classes([9], 8)
+    with pytest.raises(ValueError, match="rollouts"):
+        outcome_classes([0], 0)

@@ -44,7 +44,7 @@ def test_runner_reports_last_and_kept_version_with_their_held_out_success(tmp_pa
                              grpo=GRPOConfig(group_size=2, epochs=1, device="cpu"),
                              groups_per_update=2, pool_size=3, heldout=2, eval_every=1,
                              sampler_overrides={"stochastic_steps": 1}, log=lambda s: None,
-                             init_sampling="informative", max_steps=8)
+                             init_sampling="informative", state_rollouts=2, max_steps=8)
     assert res["episodes"] == 8 and len(res["curve"]) == 3           # SFT + 2 updates
     assert res["sampler"]["stochastic_steps"] == 1 and res["init_sampling"] == "informative"
     assert all(u["groups"] == 2 for u in res["updates"])             # two distinct states each
@@ -54,3 +54,8 @@ def test_runner_reports_last_and_kept_version_with_their_held_out_success(tmp_pa
     if res["kept_version"] == res["versions"]:
         assert res["heldout_kept_success"] == res["heldout_final_success"]
     assert 0.0 <= res["heldout_kept_success"] <= 1.0
+    # per-state outcomes of 2 stochastic rollouts, at SFT and at the last version
+    out = res["state_outcomes"]
+    for when in ("sft", "last"):
+        assert len(out[when]) == 3 and all(0 <= s <= 2 for s in out[when])
+        assert sum(out[f"{when}_classes"].values()) == 3

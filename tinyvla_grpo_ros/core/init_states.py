@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 SAMPLING_MODES = ("uniform", "skip_solved", "informative")
+OUTCOME_CLASSES = ("never", "mixed", "always")
 
 
 def check_mode(mode: str) -> str:
@@ -70,3 +71,17 @@ def pick_init_states(ids: Sequence[int], latest: dict[int, tuple[int, int]], mod
     if np.count_nonzero(w) < n:          # everything solved: any state will do
         w = np.where(w > 0, w, w[w > 0].min(initial=1.0) * 1e-3)
     return [int(i) for i in rng.choice(np.asarray(ids), n, replace=False, p=w / w.sum())]
+
+
+def outcome_classes(successes: Sequence[int], rollouts: int) -> dict[str, int]:
+    """Successes of `rollouts` stochastic rollouts per init state -> how many states the policy
+    never, sometimes ("mixed") or always solves. Only mixed states give a group with signal: a
+    state that is never solved teaches GRPO nothing until the policy's noise finds a success."""
+    if rollouts < 1:
+        raise ValueError(f"rollouts must be >= 1, got {rollouts}")
+    bad = [s for s in successes if not 0 <= s <= rollouts]
+    if bad:
+        raise ValueError(f"successes must lie in [0, {rollouts}], got {bad}")
+    never = sum(1 for s in successes if s == 0)
+    always = sum(1 for s in successes if s == rollouts)
+    return {"never": never, "mixed": len(successes) - never - always, "always": always}

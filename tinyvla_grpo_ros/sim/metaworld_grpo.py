@@ -15,6 +15,11 @@ Two results per run: the *last* version (the raw learner), and the *kept* versio
 the best cell evaluation, SFT included (what the regression guard and `select_adapter` leave on
 the robot). The kept version is chosen on the cell, so its cell figure is biased upwards; its
 held-out figure is not (those states played no part in choosing it).
+
+With `state_rollouts` = n > 0, each cell state also gets n stochastic rollouts at the SFT start
+and at the last version: how many states the policy never, sometimes or always solves
+(core/init_states.outcome_classes). GRPO from outcome rewards learns only on the "sometimes"
+states, so the SFT split bounds what it can lift within a budget.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import torch
 
 from ..core.adapters import AdaptedPolicy, AdapterConfig
 from ..core.checkpoint import load_checkpoint
-from ..core.init_states import check_mode, latest_groups, pick_init_states
+from ..core.init_states import check_mode, latest_groups, outcome_classes, pick_init_states
 from ..core.learner import GRPOConfig, GRPOLearner
 from ..core.rollout_store import EpisodeRecord
 from ..core.sampler import DiffusionSampler
@@ -107,7 +112,7 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                        groups_per_update: int = 2, pool_size: int = 20, heldout: int = 20,
                        eval_every: int = 4, lora_rank: int = 8,
                        sampler_overrides: dict | None = None, init_sampling: str = "uniform",
-                       log=print, **scene_kw) -> dict:
+                       state_rollouts: int = 0, log=print, **scene_kw) -> dict:
     t_start = time.time()
     check_mode(init_sampling)
     torch.manual_seed(seed)
@@ -132,12 +137,31 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                            torch.Generator().manual_seed(seed))
         return float(np.mean([e.success for e in eps]))
 
+    def state_successes(ids: list[int]) -> list[int]:
+        """Successes of `state_rollouts` stochastic rollouts per state (same noise seed each
+        time it is called, so SFT and last version meet the same draws of x_K)."""
+        counts = np.zeros(len(ids), dtype=int)
+        g = torch.Generator().manual_seed(10_000 + seed)
+        for _ in range(state_rollouts):
+            for k in range(0, len(ids), len(scenes)):
+                part = ids[k:k + len(scenes)]
+                counts[k:k + len(part)] += [e.success for e in
+                                            run_lockstep(scenes, policy.model, sampler, part,
+                                                         False, g)]
+        return counts.tolist()
+
     def snapshot() -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in policy.model.named_parameters()
                 if p.requires_grad}
 
     before, held_before = success(cell), success(held)
     log(f"[{task} s{seed} {preset}] SFT: cell {before:.2f}, held-out {held_before:.2f}")
+    outcomes: dict = {}
+    if state_rollouts:
+        outcomes = {"rollouts": state_rollouts, "sft": state_successes(cell)}
+        outcomes["sft_classes"] = outcome_classes(outcomes["sft"], state_rollouts)
+        log(f"[{task} s{seed} {preset}] SFT cell states never/mixed/always solved in "
+            f"{state_rollouts} rollouts: {outcomes['sft_classes']}")
     curve = [(0, before)]
     kept = {"version": 0, "cell": before, "episodes": 0, "params": snapshot()}
     explore: list[tuple[int, float]] = []
@@ -171,6 +195,11 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                 f"{curve[-1][1]:.2f} (explore {explore[-1][1]:.2f}, approx_kl "
                 f"{st.approx_kl:.3f}, clip {st.clip_fraction:.2f})")
     held_after = success(held)
+    if state_rollouts:
+        outcomes["last"] = state_successes(cell)
+        outcomes["last_classes"] = outcome_classes(outcomes["last"], state_rollouts)
+        log(f"[{task} s{seed} {preset}] v{version} cell states never/mixed/always solved: "
+            f"{outcomes['last_classes']}")
     held_kept = held_after
     if kept["version"] != version:
         with torch.no_grad():
@@ -202,5 +231,5 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                                                 "target_kl", "warmup_steps",
                                                 "base_lr_scale", "loss_aggregation")},
         "groups_per_update": groups_per_update, "lora_rank": lora_rank,
-        "init_sampling": init_sampling,
+        "init_sampling": init_sampling, "state_outcomes": outcomes,
         "sampler": scfg.to_dict()}
