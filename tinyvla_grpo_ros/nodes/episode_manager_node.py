@@ -135,10 +135,12 @@ class EpisodeManagerNode(OperatorActions, Node):
         self.reset_client = self.create_client(ResetScene, reset_srv)
         self.version: int | None = None
         self.state = EpisodeState(state=EpisodeState.IDLE, task_id=self.task, group_size=self.G)
-        # Groups already completed by this robot count towards num_groups, also after a restart.
-        self.groups_done = sum(
-            1 for g in self.store.groups(self.task) if g.startswith(self.robot + "-")
-            and len(self.store.episode_ids(self.task, g)) >= self.G)
+        # Groups already completed by this robot count towards num_groups, and their outcomes
+        # towards init-state sampling, also after a restart: read once here, then kept up to
+        # date by finish_group (no store scan when a group starts).
+        done = self.completed_groups()
+        self.groups_done = len(done)
+        self.latest = latest_groups(done)   # init id -> (successes, G) of its latest group
         self.last_eval_version = -1
         self.chunks: list[ActionChunk] = []
         self.mark: tuple[int, str] | None = None
@@ -232,18 +234,19 @@ class EpisodeManagerNode(OperatorActions, Node):
                 return gid, int(meta["init_state_id"]), n
         return None
 
-    def pick_init_state(self) -> int:
-        latest = {}
-        if self.init_sampling != "uniform":
-            done = []                                   # complete groups, oldest first
-            for gid in self.store.groups(self.task):
-                if gid.startswith("eval-"):
-                    continue                            # several init states, never learned
+    def completed_groups(self) -> list[tuple[int, list[bool]]]:
+        """(init id, successes) of this robot's complete explore groups in the store, oldest
+        first (evaluation groups are named eval-..., not after the robot)."""
+        done = []
+        for gid in self.store.groups(self.task):
+            if gid.startswith(self.robot + "-"):
                 eps = self.store.read_group(self.task, gid, with_tensors=False)
                 if len(eps) >= self.G:
                     done.append((eps[0].init_state_id, [e.success for e in eps]))
-            latest = latest_groups(done)
-        return pick_init_states(self.init_ids, latest, self.init_sampling, self.rng)[0]
+        return done
+
+    def pick_init_state(self) -> int:
+        return pick_init_states(self.init_ids, self.latest, self.init_sampling, self.rng)[0]
 
     def begin_group(self, gid: str, init_id: int, queue, done: int = 0) -> None:
         self.state.group_id, self.state.group_index = gid, done
@@ -378,6 +381,7 @@ class EpisodeManagerNode(OperatorActions, Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_group.publish(msg)
         self.groups_done += 1
+        self.latest.update(latest_groups([(eps[0].init_state_id, [e.success for e in eps])]))
         self.get_logger().info(f"group {gid} ready: {sum(e.success for e in eps)}/{len(eps)} "
                                "successes")
         if len({e.reward for e in eps}) == 1:
