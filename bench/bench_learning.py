@@ -54,7 +54,8 @@ def child(args) -> None:
                              args.heldout, args.eval_every,
                              sampler_overrides={"stochastic_steps": args.stochastic_steps,
                                                 "min_sampling_std": args.noise_std,
-                                                "min_logprob_std": args.noise_std},
+                                                "min_logprob_std": args.noise_std,
+                                                "init_noise_scale": args.init_noise_scale},
                              log=lambda s: print(s, file=sys.stderr, flush=True),
                              goal_marker_radius=args.goal_marker_radius,
                              init_sampling=args.init_sampling,
@@ -195,6 +196,8 @@ def main() -> None:
     grp.add_argument("--warmup-steps", type=int, default=10)
     grp.add_argument("--stochastic-steps", type=int, default=3, help="K': noisy denoising steps")
     grp.add_argument("--noise-std", type=float, default=0.1, help="sampling/scoring std floor")
+    grp.add_argument("--init-noise-scale", type=float, default=1.0,
+                     help="x_K ~ N(0, s^2): < 1 leaves more of the randomness to the scored steps")
     grp.add_argument("--loss-aggregation", default="chunk", choices=("chunk", "episode"),
                      help="mean over chunks, or every episode weighs the same (core/grpo.py)")
     grp.add_argument("--init-sampling", default="informative", choices=SAMPLING_MODES,
@@ -219,7 +222,7 @@ def main() -> None:
     for a in ("episodes", "group_size", "groups_per_update", "cell", "heldout", "eval_every",
               "lr", "epochs", "minibatch", "kl_coef", "target_kl", "warmup_steps",
               "base_lr_scale", "stochastic_steps", "noise_std", "goal_marker_radius",
-              "init_sampling", "loss_aggregation", "state_rollouts"):
+              "init_sampling", "loss_aggregation", "state_rollouts", "init_noise_scale"):
         passthrough += [f"--{a.replace('_', '-')}", str(getattr(args, a))]
     t0 = time.time()
     ckpts = {t: str(sft_checkpoint(t, args)) for t in args.tasks}

@@ -48,6 +48,39 @@ def test_deterministic_sampling_ignores_noise_after_the_start():
     assert x[0].log_probs.shape == (3, 0)
 
 
+def test_init_noise_scale_zero_makes_the_mean_chain_independent_of_the_seed():
+    """x_K = 0: evaluation no longer depends on the generator, and every bit of a stochastic
+    rollout's randomness is in the scored steps (which still re-score to ratio 1)."""
+    model = tiny_model()
+    obs = random_obs(model.config)
+    sampler = DiffusionSampler(model.config, SamplerConfig(init_noise_scale=0.0))
+    det = [sampler.sample(model, obs, torch.Generator().manual_seed(s), deterministic=True)
+           for s in (1, 2)]
+    assert torch.equal(det[0].actions, det[1].actions)
+    a, b = (sampler.sample(model, obs, torch.Generator().manual_seed(s)) for s in (1, 2))
+    assert not torch.equal(a.actions, b.actions)
+    with torch.no_grad():
+        ratio = torch.exp(sampler.chain_log_prob(model, obs, a.chain) - a.log_probs)
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5)
+
+
+def test_init_noise_scale_scales_the_starting_sample():
+    model = tiny_model()
+    obs = random_obs(model.config)
+    cfg = SamplerConfig(stochastic_steps=10)          # chain[:, 0] is x_K itself
+    full = DiffusionSampler(model.config, cfg).sample(model, obs, torch.Generator().manual_seed(4))
+    half = DiffusionSampler(model.config, SamplerConfig(stochastic_steps=10,
+                                                        init_noise_scale=0.5)).sample(
+        model, obs, torch.Generator().manual_seed(4))
+    assert torch.allclose(half.chain[:, 0], 0.5 * full.chain[:, 0])
+
+
+@pytest.mark.parametrize("scale", [-0.1, 1.5])
+def test_init_noise_scale_outside_zero_one_is_refused(scale):
+    with pytest.raises(ValueError, match="init_noise_scale"):
+        SamplerConfig(init_noise_scale=scale)
+
+
 def test_only_executed_prefix_is_scored():
     model = tiny_model()
     obs = random_obs(model.config)

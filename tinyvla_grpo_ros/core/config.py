@@ -131,6 +131,8 @@ class SamplerConfig:
     min_logprob_std: float = 0.1            # sigma floor when scoring; keep equal to sampling's
     noise_clip: float = 3.0                 # clip |z| of the sampling noise (0 = no clip)
     executed_steps: int = 0                 # executed, scored prefix (0 = Ta)
+    init_noise_scale: float = 1.0           # x_K ~ N(0, s^2 I); < 1 moves the rollout's
+    #   randomness from x_K (not scored, so not credited) to the K' scored steps
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("ddim", "ddpm"):
@@ -150,6 +152,8 @@ class SamplerConfig:
             raise ValueError(f"noise_clip must be >= 0, got {self.noise_clip}")
         if self.executed_steps < 0:
             raise ValueError(f"executed_steps must be >= 0, got {self.executed_steps}")
+        if not 0 <= self.init_noise_scale <= 1:
+            raise ValueError(f"init_noise_scale must lie in [0, 1], got {self.init_noise_scale}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SamplerConfig:

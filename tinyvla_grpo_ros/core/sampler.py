@@ -21,6 +21,10 @@ Each step is Gaussian:  x_{k-1} ~ N(mu_theta(x_k, t_k, c), std_k^2)
   sigma = 0 and is therefore floored, deliberately: it is the step that decides the action most.
   Deterministic (evaluation) sampling: every step returns mu with eta = 0.
 
+x_K ~ N(0, init_noise_scale^2 I). x_K is not scored (it does not depend on theta), so whatever its
+draw decides about the outcome is noise to GRPO; init_noise_scale < 1 narrows it (1 = the
+distribution the head was trained on).
+
 log pi(chunk) = sum over the K' steps of log N(x_{k-1}; mu, std_k^2), each summed over the executed
 prefix (Ta_exec x Da). Per-step values are kept (B, K') because GRPO clips per denoising step.
 """
@@ -127,7 +131,7 @@ class DiffusionSampler:
         n_exec = self.executed_steps()
         cond = model.encode(obs)                                             # (B, C)
         x = torch.randn((B, mcfg.horizon, mcfg.action_dim), generator=generator,
-                        device=device)                                       # x_K
+                        device=device) * cfg.init_noise_scale                # x_K
         chain, log_probs = [], []
         for i in range(cfg.num_inference_steps):
             stochastic = not deterministic and i >= self.first_stochastic
