@@ -59,7 +59,8 @@ def child(args) -> None:
                              log=lambda s: print(s, file=sys.stderr, flush=True),
                              goal_marker_radius=args.goal_marker_radius,
                              init_sampling=args.init_sampling,
-                             state_rollouts=args.state_rollouts)
+                             state_rollouts=args.state_rollouts,
+                             group_init_noise=bool(args.group_init_noise))
     out = Path(args.child_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
@@ -198,6 +199,8 @@ def main() -> None:
     grp.add_argument("--noise-std", type=float, default=0.1, help="sampling/scoring std floor")
     grp.add_argument("--init-noise-scale", type=float, default=1.0,
                      help="x_K ~ N(0, s^2): < 1 leaves more of the randomness to the scored steps")
+    grp.add_argument("--group-init-noise", type=int, default=0, choices=(0, 1),
+                     help="1: a group's G rollouts share x_K at each decision index")
     grp.add_argument("--loss-aggregation", default="chunk", choices=("chunk", "episode"),
                      help="mean over chunks, or every episode weighs the same (core/grpo.py)")
     grp.add_argument("--init-sampling", default="informative", choices=SAMPLING_MODES,
@@ -222,7 +225,8 @@ def main() -> None:
     for a in ("episodes", "group_size", "groups_per_update", "cell", "heldout", "eval_every",
               "lr", "epochs", "minibatch", "kl_coef", "target_kl", "warmup_steps",
               "base_lr_scale", "stochastic_steps", "noise_std", "goal_marker_radius",
-              "init_sampling", "loss_aggregation", "state_rollouts", "init_noise_scale"):
+              "init_sampling", "loss_aggregation", "state_rollouts", "init_noise_scale",
+              "group_init_noise"):
         passthrough += [f"--{a.replace('_', '-')}", str(getattr(args, a))]
     t0 = time.time()
     ckpts = {t: str(sft_checkpoint(t, args)) for t in args.tasks}

@@ -34,6 +34,25 @@ def test_lockstep_rollouts_record_whole_episodes_that_rescore_to_ratio_one():
         s.close()
 
 
+def test_shared_init_noise_gives_a_group_one_x_k_per_decision_and_other_groups_another():
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
+    model = TinyVLAPolicy(cfg).eval()
+    sampler = DiffusionSampler(cfg, SamplerConfig(executed_steps=4, stochastic_steps=10))
+    scenes = [MetaWorldScene("reach-v3", image_size=32, max_steps=8) for _ in range(4)]
+    eps = run_lockstep(scenes, model, sampler, [7, 7, 7, 7], False,
+                       torch.Generator().manual_seed(0), record=True, shared_init_noise=2)
+    x_k = [[f["chains"][0] for f in e.frames] for e in eps]        # K' = K: chain[0] is x_K
+    for d in range(2):                                               # both decision points
+        assert torch.equal(x_k[0][d], x_k[1][d]) and torch.equal(x_k[2][d], x_k[3][d])
+        assert not torch.equal(x_k[0][d], x_k[2][d])
+    assert not torch.equal(x_k[0][0], x_k[0][1])                     # fresh at each decision
+    # the scored steps are still each episode's own
+    assert not torch.equal(eps[0].frames[0]["chains"][-1], eps[1].frames[0]["chains"][-1])
+    for s in scenes:
+        s.close()
+
+
 def test_runner_reports_last_and_kept_version_with_their_held_out_success(tmp_path):
     from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
     from tinyvla_grpo_ros.sim.metaworld_grpo import run_metaworld_grpo

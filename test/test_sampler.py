@@ -75,6 +75,21 @@ def test_init_noise_scale_scales_the_starting_sample():
     assert torch.allclose(half.chain[:, 0], 0.5 * full.chain[:, 0])
 
 
+def test_given_init_noise_replaces_the_draw_of_x_k():
+    model = tiny_model()
+    obs = random_obs(model.config)
+    sampler = DiffusionSampler(model.config, SamplerConfig(stochastic_steps=10))
+    z = torch.randn(3, model.config.horizon, model.config.action_dim,
+                    generator=torch.Generator().manual_seed(5))
+    drawn = sampler.sample(model, obs, torch.Generator().manual_seed(5))
+    given = sampler.sample(model, obs, torch.Generator().manual_seed(9), init_noise=z)
+    assert torch.equal(given.chain[:, 0], z) and torch.equal(drawn.chain[:, 0], z)
+    # the scored steps still draw from the generator: same x_K, different rollouts
+    assert not torch.equal(given.actions, drawn.actions)
+    with pytest.raises(ValueError, match="init_noise must have shape"):
+        sampler.sample(model, obs, init_noise=z[:2])
+
+
 @pytest.mark.parametrize("scale", [-0.1, 1.5])
 def test_init_noise_scale_outside_zero_one_is_refused(scale):
     with pytest.raises(ValueError, match="init_noise_scale"):

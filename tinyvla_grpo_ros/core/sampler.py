@@ -121,17 +121,24 @@ class DiffusionSampler:
 
     @torch.no_grad()
     def sample(self, model: TinyVLAPolicy, obs: Observation, generator: torch.Generator | None
-               = None, deterministic: bool = False, record: bool = True) -> Chunk:
+               = None, deterministic: bool = False, record: bool = True,
+               init_noise: torch.Tensor | None = None) -> Chunk:
         """Sample a chunk per observation; record the chain and log-probs of the last K' steps.
 
         record=False draws the same actions but keeps neither (the baseline of the overhead
-        benchmark)."""
+        benchmark). init_noise (B, Ta, Da) ~ N(0, I), when given, is used for x_K instead of a
+        fresh draw (scaled by init_noise_scale like one): rollouts that share it differ only in
+        the scored steps."""
         cfg, mcfg = self.cfg, self.model_cfg
         B, device = len(obs), obs.images.device
         n_exec = self.executed_steps()
         cond = model.encode(obs)                                             # (B, C)
-        x = torch.randn((B, mcfg.horizon, mcfg.action_dim), generator=generator,
-                        device=device) * cfg.init_noise_scale                # x_K
+        shape = (B, mcfg.horizon, mcfg.action_dim)
+        if init_noise is None:
+            init_noise = torch.randn(shape, generator=generator, device=device)
+        elif init_noise.shape != shape:
+            raise ValueError(f"init_noise must have shape {shape}, got {tuple(init_noise.shape)}")
+        x = init_noise.to(device) * cfg.init_noise_scale                     # x_K
         chain, log_probs = [], []
         for i in range(cfg.num_inference_steps):
             stochastic = not deterministic and i >= self.first_stochastic

@@ -55,8 +55,11 @@ class LockstepEpisode:
 @torch.no_grad()
 def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
                  init_ids: list[int], deterministic: bool, generator: torch.Generator,
-                 record: bool = False) -> list[LockstepEpisode]:
-    """One episode per init id, scene i running init_ids[i]; batched decisions."""
+                 record: bool = False, shared_init_noise: int = 0) -> list[LockstepEpisode]:
+    """One episode per init id, scene i running init_ids[i]; batched decisions.
+
+    shared_init_noise = G > 0: episodes i // G (a group) share x_K at each decision index, so
+    that within a group outcomes differ only through the scored steps (common random numbers)."""
     if len(init_ids) > len(scenes):
         raise ValueError(f"{len(init_ids)} episodes need as many scenes, have {len(scenes)}")
     eps = [LockstepEpisode(i) for i in init_ids]
@@ -69,7 +72,13 @@ def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
         obs = type(parts[0])(torch.cat([p.images for p in parts]),
                              torch.cat([p.state for p in parts]),
                              [s for p in parts for s in p.instruction])
-        chunk = sampler.sample(model, obs, generator, deterministic=deterministic)
+        init_noise = None
+        if shared_init_noise:
+            per_group = torch.randn((-(-len(init_ids) // shared_init_noise), model.config.horizon,
+                                     model.config.action_dim), generator=generator)
+            init_noise = per_group[[k // shared_init_noise for k in active]]
+        chunk = sampler.sample(model, obs, generator, deterministic=deterministic,
+                               init_noise=init_noise)
         still = []
         for row, k in enumerate(active):
             if record:
@@ -112,7 +121,8 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                        groups_per_update: int = 2, pool_size: int = 20, heldout: int = 20,
                        eval_every: int = 4, lora_rank: int = 8,
                        sampler_overrides: dict | None = None, init_sampling: str = "uniform",
-                       state_rollouts: int = 0, log=print, **scene_kw) -> dict:
+                       state_rollouts: int = 0, group_init_noise: bool = False, log=print,
+                       **scene_kw) -> dict:
     t_start = time.time()
     check_mode(init_sampling)
     torch.manual_seed(seed)
@@ -171,7 +181,8 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
     for u in range(updates):
         picks = pick_init_states(cell, latest, init_sampling, rng, groups_per_update)
         ids = [i for i in picks for _ in range(G)]
-        eps = run_lockstep(scenes, policy.model, sampler, ids, False, gen, record=True)
+        eps = run_lockstep(scenes, policy.model, sampler, ids, False, gen, record=True,
+                           shared_init_noise=G if group_init_noise else 0)
         latest.update(latest_groups((i, [e.success for e in eps[g * G:(g + 1) * G]])
                                     for g, i in enumerate(picks)))
         groups = [to_records(eps[g * G:(g + 1) * G], f"u{u:03d}-g{g}", task, task, version,
@@ -231,5 +242,6 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                                                 "target_kl", "warmup_steps",
                                                 "base_lr_scale", "loss_aggregation")},
         "groups_per_update": groups_per_update, "lora_rank": lora_rank,
-        "init_sampling": init_sampling, "state_outcomes": outcomes,
+        "init_sampling": init_sampling, "group_init_noise": group_init_noise,
+        "state_outcomes": outcomes,
         "sampler": scfg.to_dict()}
