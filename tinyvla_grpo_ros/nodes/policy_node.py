@@ -108,8 +108,11 @@ class PolicyNode(Node):
         self.pending = None
         self.swap_lock = threading.Lock()
         self.busy = threading.Lock()
-        self.stats = {"decisions": 0, "missed": 0, "swaps": 0, "rejected": 0, "stale": 0,
-                      "holds": 0, "watchdog_holds": 0, "images": 0}
+        # missed: decision points whose observation waited longer than a period for the model
+        # (a slow sample on a loaded CPU counts); missed_by_swap: those a swap itself caused,
+        # by holding the runtime longer than a period inside a running episode.
+        self.stats = {"decisions": 0, "missed": 0, "missed_by_swap": 0, "swaps": 0,
+                      "rejected": 0, "stale": 0, "holds": 0, "watchdog_holds": 0, "images": 0}
         self.problem = ""                 # why no command goes out (cleared by a decision)
         self.adapter_problem = ""         # the last rejected version (cleared by a swap)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="inference")
@@ -375,6 +378,8 @@ class PolicyNode(Node):
         # "chunks": apply_swap takes the runtime lock, so it lands between two chunks.
         held_ms = self.runtime.apply_swap(p)
         self.stats["swaps"] += 1
+        if not between_groups and held_ms > self.period * 1e3:
+            self.stats["missed_by_swap"] += 1
         self.adapter_problem = ""
         self.last_swap_ms = {"load_ms": p.load_ms, "apply_ms": held_ms}
         self.get_logger().info(f"adapter {p.adapter} now v{p.version} (verified in "
