@@ -1,4 +1,5 @@
 """The in-process Meta-World GRPO runner (bench/bench_learning.py) records what GRPO needs."""
+import pytest
 import torch
 
 from tinyvla_grpo_ros.core.adapters import AdaptedPolicy, AdapterConfig
@@ -49,6 +50,9 @@ def test_shared_init_noise_gives_a_group_one_x_k_per_decision_and_other_groups_a
     assert not torch.equal(x_k[0][0], x_k[0][1])                     # fresh at each decision
     # the scored steps are still each episode's own
     assert not torch.equal(eps[0].frames[0]["chains"][-1], eps[1].frames[0]["chains"][-1])
+    with pytest.raises(ValueError, match="group size"):
+        run_lockstep(scenes, model, sampler, [7, 7], False, torch.Generator(),
+                     shared_init_noise=-2)
     for s in scenes:
         s.close()
 

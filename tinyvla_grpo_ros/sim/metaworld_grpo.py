@@ -62,6 +62,8 @@ def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
     that within a group outcomes differ only through the scored steps (common random numbers)."""
     if len(init_ids) > len(scenes):
         raise ValueError(f"{len(init_ids)} episodes need as many scenes, have {len(scenes)}")
+    if shared_init_noise < 0:
+        raise ValueError(f"shared_init_noise is a group size (0 = off), got {shared_init_noise}")
     eps = [LockstepEpisode(i) for i in init_ids]
     for scene, i in zip(scenes, init_ids):
         scene.reset(i)
