@@ -15,6 +15,12 @@
    sampling policy (measured before its step) exceeds 1.5 x target_kl: a step size that would
    collapse the policy is cut short instead (measured: lr 3e-4 without it took reach-v3 from
    0.65 to 0.10 in one update).
+6. `ratio` chooses what the clipped ratio compares: "chain" (default) the per-step Gaussian
+   log-densities of the stored K' denoising steps (DDPO/DPPO); "elbo" the denoising-loss
+   surrogate of the executed chunk x_0 (sampler.elbo_log_likelihood, FPO), one term per chunk,
+   with `elbo_samples` draws of (t, noise) fixed per chunk for the whole update. Its old value is
+   computed at the start of the update (the weights that sampled the batch: the learner never
+   mixes versions), so the ratio is exactly 1 before the first step.
 Runs on CUDA when available (config `device="auto"`), CPU otherwise.
 """
 from __future__ import annotations
@@ -53,6 +59,9 @@ class GRPOConfig:
     loss_aggregation: str = "chunk"     # "chunk": mean over chunks; "episode": each episode
     #                                     weighs the same, whatever its length (grpo.py)
     drop_stale: bool = True             # refuse groups of another adapter version
+    ratio: str = "chain"                # "chain": K' step log-densities; "elbo": denoising
+    #                                     surrogate of the executed chunk (point 6 above)
+    elbo_samples: int = 4               # (t, noise) draws per chunk for ratio "elbo"
     device: str = "auto"                # "auto" = cuda if available, else cpu
 
     def __post_init__(self) -> None:
@@ -72,6 +81,10 @@ class GRPOConfig:
         if self.loss_aggregation not in ("chunk", "episode"):
             raise ValueError(f"loss_aggregation must be 'chunk' or 'episode', got "
                              f"{self.loss_aggregation!r}")
+        if self.ratio not in ("chain", "elbo"):
+            raise ValueError(f"ratio must be 'chain' or 'elbo', got {self.ratio!r}")
+        if self.elbo_samples < 1:
+            raise ValueError(f"elbo_samples must be >= 1, got {self.elbo_samples}")
         self.loss_cfg()  # validates the clip / discount / kl fields
 
     def loss_cfg(self) -> GRPOLossConfig:
@@ -108,8 +121,9 @@ class UpdateStats:
 
 @dataclass
 class Batch:
-    """Chunks of all episodes: obs, chains (N, K'+1, Ta, Da), logp_old (N, K'), adv (N,),
-    weights (N,) = u_n of grpo.py."""
+    """Chunks of all episodes: obs, chains (N, K'+1, Ta, Da), logp_old (N, K') (or (N, 1) for
+    ratio "elbo"), adv (N,), weights (N,) = u_n of grpo.py; for ratio "elbo" the fixed draws
+    elbo_t (N, M) and elbo_noise (N, M, Ta, Da)."""
 
     obs: Observation
     chains: torch.Tensor
@@ -117,11 +131,14 @@ class Batch:
     executed: torch.Tensor
     advantages: torch.Tensor
     weights: torch.Tensor
+    elbo_t: torch.Tensor | None = None
+    elbo_noise: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
+        opt = lambda x: None if x is None else x.to(device)  # noqa: E731
         return Batch(self.obs.to(device), self.chains.to(device), self.logp_old.to(device),
                      self.executed.to(device), self.advantages.to(device),
-                     self.weights.to(device))
+                     self.weights.to(device), opt(self.elbo_t), opt(self.elbo_noise))
 
     def __len__(self) -> int:
         return self.chains.shape[0]
@@ -131,7 +148,9 @@ class Batch:
         return Batch(Observation(self.obs.images[idx], self.obs.state[idx],
                                  [self.obs.instruction[i] for i in il]),
                      self.chains[idx], self.logp_old[idx], self.executed[idx],
-                     self.advantages[idx], self.weights[idx])
+                     self.advantages[idx], self.weights[idx],
+                     None if self.elbo_t is None else self.elbo_t[idx],
+                     None if self.elbo_noise is None else self.elbo_noise[idx])
 
 
 def build_batch(groups: list[list[EpisodeRecord]], cfg: GRPOConfig, stats: UpdateStats
@@ -203,15 +222,38 @@ class GRPOLearner:
             g["lr"] = self.cfg.lr * g["lr_scale"] * warm
 
     def _logp(self, b: Batch) -> torch.Tensor:
-        """Per-step log-probs (n, K') for chunks that may have different executed prefixes."""
+        """Log-prob terms (n, K'), or (n, 1) for ratio "elbo", for chunks that may have
+        different executed prefixes."""
         model = self.policy.model
         cond = model.encode(b.obs)
         out = torch.empty_like(b.logp_old)
         for n_exec in b.executed.unique().tolist():
             rows = (b.executed == n_exec).nonzero().squeeze(1)
-            out[rows] = self.sampler.chain_log_prob(model, b.obs, b.chains[rows], n_exec,
-                                                    cond=cond[rows])
+            if b.elbo_t is not None:
+                out[rows, 0] = self.sampler.elbo_log_likelihood(
+                    model, b.obs, b.chains[rows, -1], b.elbo_t[rows], b.elbo_noise[rows],
+                    n_exec, cond=cond[rows])
+            else:
+                out[rows] = self.sampler.chain_log_prob(model, b.obs, b.chains[rows], n_exec,
+                                                        cond=cond[rows])
         return out
+
+    @torch.no_grad()
+    def with_elbo_draws(self, b: Batch, generator: torch.Generator | None) -> Batch:
+        """Ratio "elbo": fix each chunk's (t, noise) draws and score them with the weights that
+        sampled the batch (the old policy), in micro-batches on the learner's device."""
+        N, M = len(b), self.cfg.elbo_samples
+        T = self.sampler.alphas_cumprod.numel()
+        t = torch.randint(0, T, (N, M), generator=generator)
+        noise = torch.randn((N, M, *b.chains.shape[2:]), generator=generator)
+        b = Batch(b.obs, b.chains, torch.zeros(N, 1), b.executed, b.advantages, b.weights, t,
+                  noise)
+        old = []
+        for start in range(0, N, self.cfg.micro_batch_size):
+            part = b.select(torch.arange(start, min(start + self.cfg.micro_batch_size, N)))
+            old.append(self._logp(part.to(self.device)).cpu())
+        b.logp_old = torch.cat(old)
+        return b
 
     def accumulate(self, b: Batch, normalizer: float, acc: dict[str, float]) -> None:
         """Forward + backward of one micro-batch; gradients add up in .grad."""
@@ -233,7 +275,7 @@ class GRPOLearner:
     def minibatch_gradient(self, b: Batch, acc: dict[str, float]) -> None:
         """Zero grads, then accumulate the whole minibatch in micro-batches."""
         self.optimizer.zero_grad(set_to_none=True)
-        Kp = b.chains.shape[1] - 1
+        Kp = b.logp_old.shape[1]                        # K' terms, or 1 for ratio "elbo"
         w_steps = step_weights(Kp, self.loss_cfg.denoise_discount).sum()
         normalizer = float(b.weights.sum() * w_steps)
         for start in range(0, len(b), self.cfg.micro_batch_size):
@@ -252,6 +294,9 @@ class GRPOLearner:
             return stats                               # every group had zero variance
         stats.chunks = len(batch)
         model = self.policy.model
+        if self.cfg.ratio == "elbo":
+            model.eval()
+            batch = self.with_elbo_draws(batch, generator)
         model.train()
         params = self.policy.trainable_parameters()
         losses, grad_norms, totals = [], [], {}

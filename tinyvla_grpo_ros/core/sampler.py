@@ -80,6 +80,7 @@ class DiffusionSampler:
         else:
             var = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=1e-20)
         self.timesteps, self.prev_timesteps = t, prev
+        self.alphas_cumprod = acp.float()                                   # (T,) training table
         self.a_t, self.a_prev, self.sigma = a_t.float(), a_prev.float(), var.sqrt().float()
         self.first_stochastic = K - cfg.stochastic_steps                     # index of step K'
 
@@ -180,6 +181,30 @@ class DiffusionSampler:
         eps = model(x_k, self.timesteps.to(chain.device)[idx], cond.repeat_interleave(Kp, 0))
         mean, sigma = self.step_mean_std(x_k, eps, idx, stochastic=True)
         return self.gaussian_log_prob(x_prev, mean, sigma, n_exec).view(B, Kp)
+
+    def elbo_log_likelihood(self, model: TinyVLAPolicy, obs: Observation, x0: torch.Tensor,
+                            t: torch.Tensor, noise: torch.Tensor, n_exec: int | None = None,
+                            cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Denoising surrogate of log pi(x0 | c) -> (B,), for the `elbo` ratio of learner.py.
+
+        x0 (B, Ta, Da) normalized sampled chunks (chain[:, -1]), t (B, M) training timesteps and
+        noise (B, M, Ta, Da) fixed draws (the same for old and new weights):
+
+            x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise
+            L   = - 1/2 mean_m sum_{executed prefix} ||eps_theta(x_t, t, c) - noise||^2
+
+        Up to a constant and per-t weights this is the diffusion ELBO of x0 (Ho et al. 2020), so
+        exp(L_new - L_old) stands in for pi_new / pi_old (Flow Policy Optimization, McAllister
+        et al. 2025): it scores the action that was executed, whatever chain produced it."""
+        B, M = t.shape
+        n_exec = self.executed_steps() if n_exec is None else n_exec
+        cond = model.encode(obs) if cond is None else cond                   # (B, C)
+        a = self.alphas_cumprod.to(x0.device)[t].view(B, M, 1, 1)
+        x_t = a.sqrt() * x0[:, None] + (1 - a).sqrt() * noise               # (B, M, Ta, Da)
+        eps = model(x_t.reshape(B * M, *x0.shape[1:]), t.reshape(-1),
+                    cond.repeat_interleave(M, 0)).view(B, M, *x0.shape[1:])
+        err = (eps - noise)[:, :, :n_exec] ** 2
+        return -0.5 * err.sum(dim=(2, 3)).mean(dim=1)
 
     def chain_log_prob_per_step(self, model: TinyVLAPolicy, obs: Observation,
                                 chain: torch.Tensor, n_exec: int | None = None) -> torch.Tensor:

@@ -69,6 +69,10 @@ class LearnerNode(Node):
                                      1.0),
             loss_aggregation=declare(self, "loss_aggregation", "chunk", "chunk (mean over "
                                      "chunks) or episode (every episode weighs the same)"),
+            ratio=declare(self, "ratio", "chain", "chain (log-densities of the K' noisy "
+                          "steps) or elbo (denoising surrogate of the executed chunk)"),
+            elbo_samples=declare(self, "elbo_samples", 4, "(t, noise) draws per chunk for "
+                                 "ratio elbo", 1, 1024),
             device=declare(self, "device", "auto", "auto, cpu or cuda"))
         model, sampler_cfg, _ = load_checkpoint(ckpt)
         self.policy = AdaptedPolicy(model, adapter_cfg, self.tasks)
