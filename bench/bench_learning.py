@@ -49,7 +49,8 @@ def child(args) -> None:
                       target_kl=args.target_kl, warmup_steps=args.warmup_steps,
                       base_lr_scale=args.base_lr_scale,
                       loss_aggregation=args.loss_aggregation, ratio=args.ratio,
-                      elbo_samples=args.elbo_samples, device="cpu")
+                      elbo_samples=args.elbo_samples,
+                      negative_advantage_scale=args.negative_advantage_scale, device="cpu")
     res = run_metaworld_grpo(args.child_ckpt, args.child_task, args.child_seed, args.episodes,
                              args.child_preset, grpo, args.groups_per_update, args.cell,
                              args.heldout, args.eval_every,
@@ -208,6 +209,8 @@ def main() -> None:
                      help="what the clipped ratio compares (core/learner.py, point 6)")
     grp.add_argument("--elbo-samples", type=int, default=4,
                      help="(t, noise) draws per chunk for --ratio elbo")
+    grp.add_argument("--negative-advantage-scale", type=float, default=1.0,
+                     help="x negative advantages (0: learn from a group's better episodes only)")
     grp.add_argument("--init-sampling", default="informative", choices=SAMPLING_MODES,
                      help="how each update draws its init states (core/init_states.py)")
     grp.add_argument("--state-rollouts", type=int, default=0,
@@ -231,7 +234,8 @@ def main() -> None:
               "lr", "epochs", "minibatch", "kl_coef", "target_kl", "warmup_steps",
               "base_lr_scale", "stochastic_steps", "noise_std", "goal_marker_radius",
               "init_sampling", "loss_aggregation", "state_rollouts", "init_noise_scale",
-              "group_init_noise", "ratio", "elbo_samples"):
+              "group_init_noise", "ratio", "elbo_samples",
+              "negative_advantage_scale"):
         passthrough += [f"--{a.replace('_', '-')}", str(getattr(args, a))]
     t0 = time.time()
     ckpts = {t: str(sft_checkpoint(t, args)) for t in args.tasks}

@@ -62,6 +62,8 @@ class GRPOConfig:
     ratio: str = "chain"                # "chain": K' step log-densities; "elbo": denoising
     #                                     surrogate of the executed chunk (point 6 above)
     elbo_samples: int = 4               # (t, noise) draws per chunk for ratio "elbo"
+    negative_advantage_scale: float = 1.0   # x negative advantages (0: learn from the better
+    #                                         episodes of a group only, as in filtered BC)
     device: str = "auto"                # "auto" = cuda if available, else cpu
 
     def __post_init__(self) -> None:
@@ -83,6 +85,9 @@ class GRPOConfig:
                              f"{self.loss_aggregation!r}")
         if self.ratio not in ("chain", "elbo"):
             raise ValueError(f"ratio must be 'chain' or 'elbo', got {self.ratio!r}")
+        if not 0 <= self.negative_advantage_scale <= 1:
+            raise ValueError(f"negative_advantage_scale must lie in [0, 1], got "
+                             f"{self.negative_advantage_scale}")
         if self.elbo_samples < 1:
             raise ValueError(f"elbo_samples must be >= 1, got {self.elbo_samples}")
         self.loss_cfg()  # validates the clip / discount / kl fields
@@ -160,6 +165,8 @@ def build_batch(groups: list[list[EpisodeRecord]], cfg: GRPOConfig, stats: Updat
         r = torch.tensor([e.reward for e in group])
         rewards += r.tolist()
         adv = group_advantages(r, cfg.adv_eps, cfg.leave_one_out) if len(group) >= 2 else None
+        if adv is not None and cfg.negative_advantage_scale != 1:
+            adv = torch.where(adv < 0, adv * cfg.negative_advantage_scale, adv)
         stats.groups += 1
         if adv is None:
             stats.groups_skipped += 1

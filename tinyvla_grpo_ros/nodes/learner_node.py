@@ -73,6 +73,9 @@ class LearnerNode(Node):
                           "steps) or elbo (denoising surrogate of the executed chunk)"),
             elbo_samples=declare(self, "elbo_samples", 4, "(t, noise) draws per chunk for "
                                  "ratio elbo", 1, 1024),
+            negative_advantage_scale=declare(self, "negative_advantage_scale", 1.0, "x negative "
+                                             "advantages (0: learn from the better episodes "
+                                             "of a group only)", 0.0, 1.0),
             device=declare(self, "device", "auto", "auto, cpu or cuda"))
         model, sampler_cfg, _ = load_checkpoint(ckpt)
         self.policy = AdaptedPolicy(model, adapter_cfg, self.tasks)

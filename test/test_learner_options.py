@@ -1,4 +1,5 @@
-"""The `elbo` ratio of the learner (FPO-style denoising surrogate): invariants that can fail."""
+"""Learner options: the `elbo` ratio (FPO-style denoising surrogate) and the scale of negative
+advantages: invariants that can fail."""
 import pytest
 import torch
 from helpers import random_obs
@@ -73,3 +74,18 @@ def test_unknown_ratio_and_zero_draws_are_refused():
         GRPOConfig(ratio="dpo")
     with pytest.raises(ValueError, match="elbo_samples"):
         GRPOConfig(ratio="elbo", elbo_samples=0)
+
+
+def test_negative_advantage_scale_shrinks_only_the_worse_episodes_advantages():
+    policy, sampler, _ = setup("adapters")
+    groups = make_groups(policy, sampler, n_groups=1, G=4)                 # rewards 0, 1, 0, 1
+    adv = {}
+    for scale in (1.0, 0.25, 0.0):
+        cfg = GRPOConfig(group_size=4, negative_advantage_scale=scale, device="cpu")
+        adv[scale] = build_batch(groups, cfg, UpdateStats()).advantages
+    pos = adv[1.0] > 0
+    assert torch.equal(adv[0.25][pos], adv[1.0][pos]) and torch.equal(adv[0.0][pos], adv[1.0][pos])
+    torch.testing.assert_close(adv[0.25][~pos], 0.25 * adv[1.0][~pos])
+    assert (adv[0.0][~pos] == 0).all() and (adv[1.0][~pos] < 0).all()
+    with pytest.raises(ValueError, match="negative_advantage_scale"):
+        GRPOConfig(negative_advantage_scale=-0.5)
