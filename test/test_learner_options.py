@@ -89,3 +89,16 @@ def test_negative_advantage_scale_shrinks_only_the_worse_episodes_advantages():
     assert (adv[0.0][~pos] == 0).all() and (adv[1.0][~pos] < 0).all()
     with pytest.raises(ValueError, match="negative_advantage_scale"):
         GRPOConfig(negative_advantage_scale=-0.5)
+
+
+def test_elbo_step_size_guard_watches_the_sampling_chain():
+    steps = {}
+    for target in (0.0, 1e-4):
+        policy, sampler, learner = setup(ratio="elbo", lr=0.5, target_kl=target, epochs=4,
+                                         minibatch_size=2, micro_batch_size=2)
+        stats = learner.update(make_groups(policy, sampler, n_groups=2, G=4))
+        steps[target] = (stats.optimizer_steps, stats.early_stopped)
+        if target == 0.0:
+            assert stats.approx_kl > 0                # the chain moved, and it is reported
+    assert steps[0.0] == (16, 0)
+    assert steps[1e-4][1] == 1 and 1 <= steps[1e-4][0] < 16
