@@ -62,7 +62,8 @@ def child(args) -> None:
                              goal_marker_radius=args.goal_marker_radius,
                              init_sampling=args.init_sampling,
                              state_rollouts=args.state_rollouts,
-                             group_init_noise=bool(args.group_init_noise))
+                             group_init_noise=bool(args.group_init_noise),
+                             shuffle_rewards=bool(args.shuffle_rewards))
     out = Path(args.child_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
@@ -211,6 +212,9 @@ def main() -> None:
                      help="(t, noise) draws per chunk for --ratio elbo")
     grp.add_argument("--negative-advantage-scale", type=float, default=1.0,
                      help="x negative advantages (0: learn from a group's better episodes only)")
+    grp.add_argument("--shuffle-rewards", type=int, default=0, choices=(0, 1),
+                     help="1: the null experiment: each group's outcomes are credited to its "
+                          "episodes in a random order (how far updates alone move success)")
     grp.add_argument("--init-sampling", default="informative", choices=SAMPLING_MODES,
                      help="how each update draws its init states (core/init_states.py)")
     grp.add_argument("--state-rollouts", type=int, default=0,
@@ -235,7 +239,7 @@ def main() -> None:
               "base_lr_scale", "stochastic_steps", "noise_std", "goal_marker_radius",
               "init_sampling", "loss_aggregation", "state_rollouts", "init_noise_scale",
               "group_init_noise", "ratio", "elbo_samples",
-              "negative_advantage_scale"):
+              "negative_advantage_scale", "shuffle_rewards"):
         passthrough += [f"--{a.replace('_', '-')}", str(getattr(args, a))]
     t0 = time.time()
     ckpts = {t: str(sft_checkpoint(t, args)) for t in args.tasks}

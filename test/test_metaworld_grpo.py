@@ -1,4 +1,5 @@
 """The in-process Meta-World GRPO runner (bench/bench_learning.py) records what GRPO needs."""
+import numpy as np
 import pytest
 import torch
 
@@ -82,3 +83,15 @@ def test_runner_reports_last_and_kept_version_with_their_held_out_success(tmp_pa
     for when in ("sft", "last"):
         assert len(out[when]) == 3 and all(0 <= s <= 2 for s in out[when])
         assert sum(out[f"{when}_classes"].values()) == 3
+
+
+def test_null_experiment_keeps_each_groups_outcome_count_and_moves_the_credit():
+    from tinyvla_grpo_ros.sim.metaworld_grpo import LockstepEpisode, credit_at_random
+    rng = np.random.default_rng(0)
+    moved = 0
+    for _ in range(20):
+        eps = [LockstepEpisode(i // 4, success=i in (0, 1, 5)) for i in range(8)]
+        credit_at_random(eps, 4, rng)
+        assert [sum(e.success for e in eps[g:g + 4]) for g in (0, 4)] == [2, 1]
+        moved += [e.success for e in eps] != [i in (0, 1, 5) for i in range(8)]
+    assert moved >= 15

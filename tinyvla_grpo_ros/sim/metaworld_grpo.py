@@ -98,6 +98,16 @@ def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
     return eps
 
 
+def credit_at_random(eps: list[LockstepEpisode], G: int, rng: np.random.Generator) -> None:
+    """The null experiment: within each group of G, the outcomes go to the episodes in a random
+    order. Same success counts, so the same advantages and update sizes, and no signal in
+    which rollout earned them: what the updates alone do to success."""
+    for g in range(0, len(eps), G):
+        part = eps[g:g + G]
+        for e, w in zip(part, rng.permutation([e.success for e in part])):
+            e.success = bool(w)
+
+
 def to_records(eps: list[LockstepEpisode], group_id: str, task: str, adapter: str, version: int,
                instruction: str, n_exec: int) -> list[EpisodeRecord]:
     out = []
@@ -123,8 +133,8 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                        groups_per_update: int = 2, pool_size: int = 20, heldout: int = 20,
                        eval_every: int = 4, lora_rank: int = 8,
                        sampler_overrides: dict | None = None, init_sampling: str = "uniform",
-                       state_rollouts: int = 0, group_init_noise: bool = False, log=print,
-                       **scene_kw) -> dict:
+                       state_rollouts: int = 0, group_init_noise: bool = False,
+                       shuffle_rewards: bool = False, log=print, **scene_kw) -> dict:
     t_start = time.time()
     check_mode(init_sampling)
     torch.manual_seed(seed)
@@ -187,6 +197,8 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                            shared_init_noise=G if group_init_noise else 0)
         latest.update(latest_groups((i, [e.success for e in eps[g * G:(g + 1) * G]])
                                     for g, i in enumerate(picks)))
+        if shuffle_rewards:
+            credit_at_random(eps, G, rng)
         groups = [to_records(eps[g * G:(g + 1) * G], f"u{u:03d}-g{g}", task, task, version,
                              instruction, sampler.executed_steps())
                   for g in range(groups_per_update)]
@@ -247,5 +259,6 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                                                 "negative_advantage_scale")},
         "groups_per_update": groups_per_update, "lora_rank": lora_rank,
         "init_sampling": init_sampling, "group_init_noise": group_init_noise,
+        "shuffle_rewards": shuffle_rewards,
         "state_outcomes": outcomes,
         "sampler": scfg.to_dict()}
