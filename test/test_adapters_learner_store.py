@@ -98,12 +98,16 @@ def test_one_by_g_and_g_by_one_micro_batches_give_the_same_gradient():
     policy, sampler, learner = setup("adapters+head+norms")
     batch_groups = make_groups(policy, sampler, n_groups=1, G=4)
     from tinyvla_grpo_ros.core.learner import UpdateStats, build_batch
-    batch = build_batch(batch_groups, learner.cfg, UpdateStats())
+    assert_micro_batches_match(learner, build_batch(batch_groups, learner.cfg, UpdateStats()))
+
+
+def assert_micro_batches_match(learner, batch):
+    """One micro-batch of the whole minibatch and micro-batches of one chunk: same gradient."""
     grads = []
-    for micro in (4, 1):
+    for micro in (len(batch), 1):
         learner.cfg.micro_batch_size = micro
         learner.minibatch_gradient(batch, {})
-        grads.append([p.grad.clone() for p in policy.trainable_parameters()])
+        grads.append([p.grad.clone() for p in learner.policy.trainable_parameters()])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)   # float32 summation order only
     assert any(g.abs().sum() > 0 for g in grads[0])
