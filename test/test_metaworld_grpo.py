@@ -95,3 +95,18 @@ def test_null_experiment_keeps_each_groups_outcome_count_and_moves_the_credit():
         assert [sum(e.success for e in eps[g:g + 4]) for g in (0, 4)] == [2, 1]
         moved += [e.success for e in eps] != [i in (0, 1, 5) for i in range(8)]
     assert moved >= 15
+
+
+def test_an_episodes_first_frame_does_not_depend_on_the_episode_before():
+    from tinyvla_grpo_ros.sim.metaworld_scene import expert_policy
+    used, fresh = (MetaWorldScene("push-v3", image_size=32, goal_marker_radius=0.04)
+                   for _ in range(2))
+    expert = expert_policy("push-v3")
+    used.reset(3)
+    while not used.step(used.expert_action(expert)).done:    # the puck ends somewhere else
+        pass
+    used.reset(7)
+    fresh.reset(7)
+    assert np.array_equal(used.render(), fresh.render())
+    for s in (used, fresh):
+        s.close()

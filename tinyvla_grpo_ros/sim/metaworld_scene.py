@@ -95,6 +95,13 @@ class MetaWorldScene:
         bench = _benchmark(self.task, init_state_id // 50)
         self.env.set_task(bench.train_tasks[init_state_id % 50])
         self.obs, _ = self.env.reset()
+        # Meta-World's reset_model writes the object's qpos and the goal site after its last
+        # mj_forward, so the positions the renderer draws (xpos, site_xpos) can still be the
+        # previous episode's: the first frame after an episode that moved the puck showed it
+        # where that episode left it, and deterministic evaluations of the same states in the
+        # same scenes differed. mj_forward recomputes positions only; it does not step.
+        import mujoco
+        mujoco.mj_forward(self.env.model, self.env.data)
         self.steps, self.success, self.init_state_id = 0, False, init_state_id
 
     def step(self, action: np.ndarray) -> StepResult:

@@ -37,7 +37,7 @@ def build_sft_start(task: str = "reach-v3", demos: int = 60, steps: int = 3000,
                     camera: str = "corner2", goal_marker_radius: float = 0.0,
                     render_quality: str = "fast") -> Path:
     settings = dict(task=task, demos=demos, steps=steps, preset=preset, seed=seed,
-                    eval_episodes=eval_episodes, executed_steps=executed_steps, format=2)
+                    eval_episodes=eval_episodes, executed_steps=executed_steps, format=3)
     scene_kw = dict(camera=camera, goal_marker_radius=goal_marker_radius,
                     render_quality=render_quality)
     settings.update(scene_kw)
