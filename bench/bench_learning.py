@@ -138,7 +138,7 @@ def aggregate(runs: list[dict], name: str, group_key: str) -> dict:
             "trainable_params", "update_rss_growth_mb", "grpo", "groups_per_update",
             "sft_checkpoint_success", "cell", "updates", "heldout", "kept_version",
             "kept_episodes", "kept_success", "heldout_kept_success", "sampler", "init_sampling",
-            "state_outcomes")
+            "state_outcomes", "group_init_noise", "shuffle_rewards")
     return {"name": name, "group_key": group_key, "summary": summary,
             "runs": [{k: r.get(k) for k in keep} for r in runs]}
 

@@ -95,3 +95,19 @@ def test_elbo_step_size_guard_watches_the_sampling_chain():
             assert stats.approx_kl > 0                # the chain moved, and it is reported
     assert steps[0.0] == (16, 0)
     assert steps[1e-4][1] == 1 and 1 <= steps[1e-4][0] < 16
+    # what the guard reads after a step is the chain's KL, not the surrogate's
+    policy, sampler, learner = setup(ratio="elbo", lr=0.05)
+    batch = learner.with_elbo_draws(build_batch(make_groups(policy, sampler), learner.cfg,
+                                                UpdateStats()), torch.Generator().manual_seed(0))
+    learner.minibatch_gradient(batch, {})
+    learner.set_lr()
+    learner.optimizer.step()
+    acc = {}
+    learner.minibatch_gradient(batch, acc)
+    with torch.no_grad():
+        d = learner._logp(batch, chain=True) - batch.chain_logp_old
+        s = learner._logp(batch) - batch.logp_old
+    chain_kl = ((d.exp() - 1) - d).mean().item()
+    surrogate_kl = ((s.exp() - 1) - s).mean().item()
+    assert acc["kl_sum"] / acc["kl_terms"] == pytest.approx(chain_kl, rel=1e-4)
+    assert abs(chain_kl - surrogate_kl) > 0.1 * chain_kl

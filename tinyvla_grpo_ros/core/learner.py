@@ -291,7 +291,7 @@ class GRPOLearner:
         acc["kl_sum"] = acc.get("kl_sum", 0.0) + kl_sum
         acc["kl_terms"] = acc.get("kl_terms", 0.0) + kl_terms
         acc["loss"] = acc.get("loss", 0.0) + loss.item()
-        for k in ("clip_count", "approx_kl_sum", "ref_kl_sum", "terms"):
+        for k in ("clip_count", "ref_kl_sum", "terms"):
             acc[k] = acc.get(k, 0.0) + st[k].item()
         acc["ratio_min"] = min(acc.get("ratio_min", math.inf), st["ratio_min"].item())
         acc["ratio_max"] = max(acc.get("ratio_max", -math.inf), st["ratio_max"].item())
