@@ -3,10 +3,13 @@ scored denoising steps? GRPO can credit only the second (x_K does not depend on 
 
     python bench/diag_noise_sources.py                       # reach and push, cell of seed 1
     python bench/diag_noise_sources.py --tasks push-v3 --seed 2 --xk-draws 5 --rollouts 8
+    python bench/diag_noise_sources.py --xk-draws 10 --out eval_spread   # evaluation noise
 
 Per cell state (the learning bench's cell, bench_learning.py), on the cached SFT start:
 - x_K only: deterministic (mean-chain) runs from `--xk-draws` draws of x_K. A state is
-  *x_K-sensitive* when its outcome differs between draws.
+  *x_K-sensitive* when its outcome differs between draws. Each draw is also one deterministic
+  evaluation of the whole cell, as bench_learning runs it: the spread of their success rates
+  (`xk_draw_success_sd`) is how far such an evaluation moves with the x_K seed alone.
 - K' only: `--rollouts` stochastic rollouts with x_K = 0 (init_noise_scale 0). A state is
   *K'-mixed* when some rollouts succeed and some fail: these give GRPO a group with signal
   whose cause it can credit.
@@ -47,6 +50,8 @@ def measure(task: str, ckpt: str, seed: int, cell: int, xk_draws: int, rollouts:
     scenes = [MetaWorldScene(task, image_size=model.config.image_size, goal_marker_radius=0.04)
               for _ in ids]
 
+    draw_rates: list[float] = []      # cell success of each deterministic x_K draw
+
     def successes(init_scale: float, deterministic: bool, runs: int, gen_seed: int) -> list[int]:
         sampler = DiffusionSampler(model.config,
                                    dataclasses.replace(scfg, init_noise_scale=init_scale))
@@ -55,8 +60,11 @@ def measure(task: str, ckpt: str, seed: int, cell: int, xk_draws: int, rollouts:
         for r in range(runs):
             # deterministic runs differ only in x_K: a fresh seed per draw
             g = torch.Generator().manual_seed(gen_seed + r) if deterministic else stochastic_gen
-            counts += [e.success for e in run_lockstep(scenes, model, sampler, ids,
-                                                        deterministic, g)]
+            wins = [e.success for e in run_lockstep(scenes, model, sampler, ids,
+                                                     deterministic, g)]
+            counts += wins
+            if deterministic:
+                draw_rates.append(float(np.mean(wins)))
         return counts.tolist()
 
     xk = successes(1.0, True, xk_draws, 1000 * seed)
@@ -67,6 +75,9 @@ def measure(task: str, ckpt: str, seed: int, cell: int, xk_draws: int, rollouts:
     return {"task": task, "seed": seed, "checkpoint": ckpt, "cell": [ids[0], ids[-1]],
             "xk_draws": xk_draws, "xk_successes": xk, "xk_classes": xk_classes,
             "xk_sensitive_fraction": xk_classes["mixed"] / len(ids),
+            # what one deterministic evaluation (one x_K draw per state) of the cell reads
+            "xk_draw_success": draw_rates,
+            "xk_draw_success_sd": float(np.std(draw_rates, ddof=1)) if xk_draws > 1 else 0.0,
             "rollouts": rollouts, "kprime_successes": kp, "kprime_classes": kp_classes,
             "kprime_mixed_fraction": kp_classes["mixed"] / len(ids),
             "wall_seconds": round(time.time() - t0, 1)}
@@ -121,6 +132,9 @@ def main() -> None:
               f"({r['wall_seconds']:.0f} s)")
         print(f"noise_{t}_xk_sensitive_fraction={r['xk_sensitive_fraction']:.3f}")
         print(f"noise_{t}_kprime_mixed_fraction={r['kprime_mixed_fraction']:.3f}")
+        rates = r["xk_draw_success"]
+        print(f"noise_{t}_xk_draw_success_mean={sum(rates) / len(rates):.3f}")
+        print(f"noise_{t}_xk_draw_success_sd={r['xk_draw_success_sd']:.3f}")
 
 
 if __name__ == "__main__":
