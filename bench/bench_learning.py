@@ -63,7 +63,8 @@ def child(args) -> None:
                              init_sampling=args.init_sampling,
                              state_rollouts=args.state_rollouts,
                              group_init_noise=bool(args.group_init_noise),
-                             shuffle_rewards=bool(args.shuffle_rewards))
+                             shuffle_rewards=bool(args.shuffle_rewards),
+                             eval_draws=args.eval_draws)
     out = Path(args.child_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
@@ -138,7 +139,8 @@ def aggregate(runs: list[dict], name: str, group_key: str) -> dict:
             "trainable_params", "update_rss_growth_mb", "grpo", "groups_per_update",
             "sft_checkpoint_success", "cell", "updates", "heldout", "kept_version",
             "kept_episodes", "kept_success", "heldout_kept_success", "sampler", "init_sampling",
-            "state_outcomes", "group_init_noise", "shuffle_rewards")
+            "state_outcomes", "group_init_noise", "shuffle_rewards", "eval_draws",
+            "eval_draw_success")
     return {"name": name, "group_key": group_key, "summary": summary,
             "runs": [{k: r.get(k) for k in keep} for r in runs]}
 
@@ -192,6 +194,9 @@ def main() -> None:
     grp.add_argument("--cell", type=int, default=30, help="init states in the task's cell")
     grp.add_argument("--heldout", type=int, default=20)
     grp.add_argument("--eval-every", type=int, default=4, help="updates between evaluations")
+    grp.add_argument("--eval-draws", type=int, default=2,
+                     help="x_K draws each evaluation averages (paired: the same draws for "
+                          "every version of a run)")
     grp.add_argument("--lr", type=float, default=1e-3, help="LoRA lr (Adam)")
     grp.add_argument("--epochs", type=int, default=4)
     grp.add_argument("--minibatch", type=int, default=128)
@@ -239,7 +244,7 @@ def main() -> None:
               "base_lr_scale", "stochastic_steps", "noise_std", "goal_marker_radius",
               "init_sampling", "loss_aggregation", "state_rollouts", "init_noise_scale",
               "group_init_noise", "ratio", "elbo_samples",
-              "negative_advantage_scale", "shuffle_rewards"):
+              "negative_advantage_scale", "shuffle_rewards", "eval_draws"):
         passthrough += [f"--{a.replace('_', '-')}", str(getattr(args, a))]
     t0 = time.time()
     ckpts = {t: str(sft_checkpoint(t, args)) for t in args.tasks}

@@ -58,6 +58,31 @@ def test_shared_init_noise_gives_a_group_one_x_k_per_decision_and_other_groups_a
         s.close()
 
 
+def test_paired_evaluation_gives_a_state_the_same_x_k_at_each_decision_whatever_runs_beside():
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
+    model = TinyVLAPolicy(cfg).eval()
+    sampler = DiffusionSampler(cfg, SamplerConfig(executed_steps=4, stochastic_steps=10))
+    scenes = [MetaWorldScene("reach-v3", image_size=32, max_steps=8) for _ in range(3)]
+
+    def x_k(ids, key, gen_seed):                    # K' = K: chain[0] is x_K
+        eps = run_lockstep(scenes, model, sampler, ids, True,
+                           torch.Generator().manual_seed(gen_seed), record=True, noise_key=key)
+        return {e.init_state_id: [f["chains"][0] for f in e.frames] for e in eps}
+
+    alone, beside = x_k([8], 5, 0), x_k([7, 9, 8], 5, 1)
+    for d in range(2):                              # both decisions of state 8
+        assert torch.equal(alone[8][d], beside[8][d])
+        assert not torch.equal(beside[7][d], beside[8][d])
+    assert not torch.equal(alone[8][0], alone[8][1])            # fresh at each decision
+    assert not torch.equal(x_k([8], 6, 0)[8][0], alone[8][0])   # another key, another draw
+    with pytest.raises(ValueError, match="one of them"):
+        run_lockstep(scenes, model, sampler, [7, 7], False, torch.Generator(),
+                     shared_init_noise=2, noise_key=0)
+    for s in scenes:
+        s.close()
+
+
 def test_runner_reports_last_and_kept_version_with_their_held_out_success(tmp_path):
     from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
     from tinyvla_grpo_ros.sim.metaworld_grpo import run_metaworld_grpo
@@ -68,8 +93,16 @@ def test_runner_reports_last_and_kept_version_with_their_held_out_success(tmp_pa
                              grpo=GRPOConfig(group_size=2, epochs=1, device="cpu"),
                              groups_per_update=2, pool_size=3, heldout=2, eval_every=1,
                              sampler_overrides={"stochastic_steps": 1}, log=lambda s: None,
-                             init_sampling="informative", state_rollouts=2, max_steps=8)
+                             init_sampling="informative", state_rollouts=2, eval_draws=2,
+                             max_steps=8)
     assert res["episodes"] == 8 and len(res["curve"]) == 3           # SFT + 2 updates
+    # each evaluation is the mean of its 2 paired x_K draws
+    draws = res["eval_draw_success"]
+    assert len(draws["cell"]) == 3 and all(len(d) == 2 for d in draws["cell"])
+    assert [r for _, r in res["curve"]] == pytest.approx([sum(d) / 2 for d in draws["cell"]])
+    assert sum(draws["heldout"][0]) / 2 == pytest.approx(res["heldout_sft_success"])
+    with pytest.raises(ValueError, match="eval_draws"):
+        run_metaworld_grpo(ckpt, "reach-v3", episodes=8, eval_draws=0, log=lambda s: None)
     assert res["sampler"]["stochastic_steps"] == 1 and res["init_sampling"] == "informative"
     assert all(u["groups"] == 2 for u in res["updates"])             # two distinct states each
     # the kept version is the best evaluation (later wins ties), its held-out figure measured

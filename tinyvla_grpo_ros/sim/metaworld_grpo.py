@@ -8,8 +8,12 @@ As on a robot, the task has a fixed cell of `pool_size` initial states (never se
 demonstrations); each update draws `groups_per_update` of them and runs G stochastic rollouts of
 each (drawn by `init_sampling`, core/init_states.py, as the episode manager draws them);
 success is the deterministic (mean-chain) success over the whole cell, measured every
-`eval_every` updates. Success on held-out init states (the SFT checkpoint's own evaluation set)
-is measured before and after, to show how far the gain carries beyond the cell.
+`eval_every` updates. Deterministic denoising still starts from a random x_K, and on some tasks
+x_K decides the outcome of most states, so each evaluation averages `eval_draws` draws of x_K,
+and draw j is the same in every evaluation of the run (`run_lockstep(noise_key=...)`): SFT,
+every later version and the kept version are compared on the same x_K, state by state.
+Success on held-out init states (the SFT checkpoint's own evaluation set) is measured before and
+after, to show how far the gain carries beyond the cell.
 
 Two results per run: the *last* version (the raw learner), and the *kept* version: the one with
 the best cell evaluation, SFT included (what the regression guard and `select_adapter` leave on
@@ -55,20 +59,31 @@ class LockstepEpisode:
 @torch.no_grad()
 def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
                  init_ids: list[int], deterministic: bool, generator: torch.Generator,
-                 record: bool = False, shared_init_noise: int = 0) -> list[LockstepEpisode]:
+                 record: bool = False, shared_init_noise: int = 0,
+                 noise_key: int | None = None) -> list[LockstepEpisode]:
     """One episode per init id, scene i running init_ids[i]; batched decisions.
 
     shared_init_noise = G > 0: episodes i // G (a group) share x_K at each decision index, so
-    that within a group outcomes differ only through the scored steps (common random numbers)."""
+    that within a group outcomes differ only through the scored steps (common random numbers).
+
+    noise_key = k: the x_K of the episode of init id i at decision index d is drawn from its own
+    generator, seeded by (k, i, d) (`paired_init_noise`). The draw then belongs to the state and
+    the decision, not to the batch: two evaluations with the same key meet the same x_K in every
+    state at every decision, whichever other episodes ran beside them or ended earlier. Without
+    it, x_K comes from `generator` for the episodes still running, so once two versions end an
+    episode at different steps, the later draws fall to other states."""
     if len(init_ids) > len(scenes):
         raise ValueError(f"{len(init_ids)} episodes need as many scenes, have {len(scenes)}")
     if shared_init_noise < 0:
         raise ValueError(f"shared_init_noise is a group size (0 = off), got {shared_init_noise}")
+    if shared_init_noise and noise_key is not None:
+        raise ValueError("shared_init_noise and noise_key both choose x_K: pass one of them")
     eps = [LockstepEpisode(i) for i in init_ids]
     for scene, i in zip(scenes, init_ids):
         scene.reset(i)
     active = list(range(len(init_ids)))
     n_exec = sampler.executed_steps()
+    decision = 0
     while active:
         parts = [scene_observation(scenes[k]) for k in active]
         obs = type(parts[0])(torch.cat([p.images for p in parts]),
@@ -79,6 +94,10 @@ def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
             per_group = torch.randn((-(-len(init_ids) // shared_init_noise), model.config.horizon,
                                      model.config.action_dim), generator=generator)
             init_noise = per_group[[k // shared_init_noise for k in active]]
+        elif noise_key is not None:
+            init_noise = paired_init_noise(noise_key, [init_ids[k] for k in active], decision,
+                                           (model.config.horizon, model.config.action_dim))
+        decision += 1
         chunk = sampler.sample(model, obs, generator, deterministic=deterministic,
                                init_noise=init_noise)
         still = []
@@ -96,6 +115,16 @@ def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
                 still.append(k)
         active = still
     return eps
+
+
+def paired_init_noise(key: int, init_ids: list[int], decision: int,
+                      shape: tuple[int, ...]) -> torch.Tensor:
+    """x_K ~ N(0, I) for each init id at one decision index, seeded by (key, id, decision)."""
+    out = []
+    for i in init_ids:
+        seed = int(np.random.SeedSequence([key, i, decision]).generate_state(1, np.uint64)[0])
+        out.append(torch.randn(shape, generator=torch.Generator().manual_seed(seed >> 1)))
+    return torch.stack(out)
 
 
 def credit_at_random(eps: list[LockstepEpisode], G: int, rng: np.random.Generator) -> None:
@@ -134,9 +163,12 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                        eval_every: int = 4, lora_rank: int = 8,
                        sampler_overrides: dict | None = None, init_sampling: str = "uniform",
                        state_rollouts: int = 0, group_init_noise: bool = False,
-                       shuffle_rewards: bool = False, log=print, **scene_kw) -> dict:
+                       shuffle_rewards: bool = False, eval_draws: int = 1, log=print,
+                       **scene_kw) -> dict:
     t_start = time.time()
     check_mode(init_sampling)
+    if eval_draws < 1:
+        raise ValueError(f"eval_draws must be >= 1, got {eval_draws}")
     torch.manual_seed(seed)
     model, scfg, meta = load_checkpoint(checkpoint)
     scfg = dataclasses.replace(scfg, **(sampler_overrides or {}))   # e.g. K', the noise floor
@@ -154,10 +186,16 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
     cell = [CELL_FIRST_ID + 100 * seed + i for i in range(pool_size)]
     held = list(range(EVAL_FIRST_ID, EVAL_FIRST_ID + heldout))
 
+    draws_log: dict[str, list[list[float]]] = {"cell": [], "heldout": []}
+
     def success(ids: list[int]) -> float:
-        eps = run_lockstep(scenes, policy.model, sampler, ids, True,
-                           torch.Generator().manual_seed(seed))
-        return float(np.mean([e.success for e in eps]))
+        """Deterministic success, the mean over `eval_draws` paired x_K draws: draw j of every
+        evaluation in this run uses noise key (seed, j), so versions meet the same x_K."""
+        per_draw = [float(np.mean([e.success for e in run_lockstep(
+            scenes, policy.model, sampler, ids, True, torch.Generator(),
+            noise_key=1_000 * seed + j)])) for j in range(eval_draws)]
+        draws_log["cell" if ids is cell else "heldout"].append(per_draw)
+        return float(np.mean(per_draw))
 
     def state_successes(ids: list[int]) -> list[int]:
         """Successes of `state_rollouts` stochastic rollouts per state (same noise seed each
@@ -246,6 +284,7 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
         "kept_version": kept["version"], "kept_episodes": kept["episodes"],
         "kept_success": kept["cell"], "heldout_kept_success": held_kept,
         "cell": cell, "heldout": [held[0], held[-1]], "curve": curve, "explore_curve": explore,
+        "eval_draws": eval_draws, "eval_draw_success": draws_log,
         "versions": version, "learner_seconds": round(learner_s, 2),
         "learner_seconds_per_update": round(learner_s / max(1, updates), 3),
         "trainable_params": sum(p.numel() for p in policy.trainable_parameters()),
