@@ -58,14 +58,17 @@ class PolicyRuntime:
 
     @torch.no_grad()
     def act(self, images: np.ndarray, state: np.ndarray, instruction: str,
-            generator: torch.Generator | None = None, deterministic: bool = False
-            ) -> tuple[Chunk, str, int]:
-        """images (Nc, H, W, 3) uint8, state (Ds,) -> (chunk with B = 1, adapter, version)."""
+            generator: torch.Generator | None = None, deterministic: bool = False,
+            init_noise: torch.Tensor | None = None) -> tuple[Chunk, str, int]:
+        """images (Nc, H, W, 3) uint8, state (Ds,) -> (chunk with B = 1, adapter, version).
+
+        init_noise (1, Ta, Da): x_K to start from instead of a draw (`paired_init_noise`)."""
         obs = Observation(torch.from_numpy(np.ascontiguousarray(images))[None].to(self.device),
                           torch.from_numpy(np.asarray(state, np.float32))[None].to(self.device),
                           [instruction])
         with self.lock:
-            chunk = self.sampler.sample(self.policy.model, obs, generator, deterministic)
+            chunk = self.sampler.sample(self.policy.model, obs, generator, deterministic,
+                                        init_noise=init_noise)
             adapter, version = self.active
         return chunk, adapter, version
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
@@ -50,6 +51,21 @@ class Chunk:
     chain: torch.Tensor           # (B, K'+1, Ta, Da) normalized; chain[:, -1] = x_0
     log_probs: torch.Tensor       # (B, K') per fine-tuned step, over the executed prefix
     executed_steps: int           # Ta_exec
+
+
+def paired_init_noise(key: int, init_ids: list[int], decision: int,
+                      shape: tuple[int, ...]) -> torch.Tensor:
+    """x_K ~ N(0, I) of shape (len(init_ids), *shape): the draw for each init state at one
+    decision index of its episode, seeded by (key, init state id, decision).
+
+    Evaluations that pass it as `sample(init_noise=...)` are paired: two adapter versions meet
+    the same x_K in the same scene at the same decision, whatever else ran beside them or ended
+    earlier, so their difference is not a difference of noise draws."""
+    out = []
+    for i in init_ids:
+        seed = np.random.SeedSequence([key, int(i), decision]).generate_state(1, np.uint64)[0]
+        out.append(torch.randn(shape, generator=torch.Generator().manual_seed(int(seed) >> 1)))
+    return torch.stack(out)
 
 
 def build_scheduler(model_cfg: ModelConfig, kind: str):

@@ -40,6 +40,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..core.policy_runtime import PolicyRuntime
 from ..core.safety import ActionLimits, Watchdog
+from ..core.sampler import paired_init_noise
 from ..sim.metaworld_scene import ACTION_NAMES, JOINT_NAMES
 from .ros_common import (
     LATCHED,
@@ -78,7 +79,9 @@ class PolicyNode(Node):
             raise ValueError(f"swap_between must be groups or chunks, got {self.swap_between!r}")
         update_topic = declare(self, "adapter_update_topic", "adapter_update",
                                "AdapterUpdate topic (absolute when one learner serves robots)")
-        seed = declare(self, "seed", 0, "sampling seed", 0, 2**31 - 1)
+        self.seed = declare(self, "seed", 0, "sampling seed; evaluation episodes draw x_K from "
+                            "(seed, init state, chunk index), the same for every version",
+                            0, 2**31 - 1)
         self.enabled = declare(self, "enabled", True, "command the arm at all")
         lo = declare(self, "action_low", [-1.0] * len(self.action_names), "per-dim lower limit")
         hi = declare(self, "action_high", [1.0] * len(self.action_names), "per-dim upper limit")
@@ -96,7 +99,7 @@ class PolicyNode(Node):
         self.last_command: np.ndarray | None = None
         self.runtime = PolicyRuntime(ckpt, self.tasks, root, adapter_cfg,
                                      {"executed_steps": self.n_exec}, device)
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(self.seed)
         self.images: dict[str, Image] = {}
         self.joints: JointState | None = None
         self.episode = EpisodeState()
@@ -260,9 +263,14 @@ class PolicyNode(Node):
             t0 = time.perf_counter()
             images, state, oldest, _ = obs
             task = episode.task_id or self.tasks[0]
+            init_noise = None
+            if episode.deterministic:      # paired evaluations: versions meet the same x_K
+                cfg = self.runtime.policy.model.config
+                init_noise = paired_init_noise(self.seed, [episode.init_state_id],
+                                               self.chunk_index, (cfg.horizon, cfg.action_dim))
             chunk, adapter, version = self.runtime.act(
                 images, state, self.instructions.get(task, task), self.gen,
-                deterministic=episode.deterministic)
+                deterministic=episode.deterministic, init_noise=init_noise)
             prev = ActionLimits.previous(self.action_names, self.joint_names, state,
                                          self.last_command)
             actions = self.limits.apply(chunk.actions[0].numpy(), prev)

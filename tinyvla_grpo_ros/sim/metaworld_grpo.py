@@ -40,7 +40,7 @@ from ..core.checkpoint import load_checkpoint
 from ..core.init_states import check_mode, latest_groups, outcome_classes, pick_init_states
 from ..core.learner import GRPOConfig, GRPOLearner
 from ..core.rollout_store import EpisodeRecord
-from ..core.sampler import DiffusionSampler
+from ..core.sampler import DiffusionSampler, paired_init_noise
 from .metaworld_scene import MetaWorldScene
 from .rollout import scene_observation
 from .sft_start import EVAL_FIRST_ID
@@ -67,11 +67,11 @@ def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
     that within a group outcomes differ only through the scored steps (common random numbers).
 
     noise_key = k: the x_K of the episode of init id i at decision index d is drawn from its own
-    generator, seeded by (k, i, d) (`paired_init_noise`). The draw then belongs to the state and
-    the decision, not to the batch: two evaluations with the same key meet the same x_K in every
-    state at every decision, whichever other episodes ran beside them or ended earlier. Without
-    it, x_K comes from `generator` for the episodes still running, so once two versions end an
-    episode at different steps, the later draws fall to other states."""
+    generator, seeded by (k, i, d) (`core.sampler.paired_init_noise`). The draw then belongs to
+    the state and the decision, not to the batch: two evaluations with the same key meet the same
+    x_K in every state at every decision, whichever other episodes ran beside them or ended
+    earlier. Without it, x_K comes from `generator` for the episodes still running, so once two
+    versions end an episode at different steps, the later draws fall to other states."""
     if len(init_ids) > len(scenes):
         raise ValueError(f"{len(init_ids)} episodes need as many scenes, have {len(scenes)}")
     if shared_init_noise < 0:
@@ -115,16 +115,6 @@ def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
                 still.append(k)
         active = still
     return eps
-
-
-def paired_init_noise(key: int, init_ids: list[int], decision: int,
-                      shape: tuple[int, ...]) -> torch.Tensor:
-    """x_K ~ N(0, I) for each init id at one decision index, seeded by (key, id, decision)."""
-    out = []
-    for i in init_ids:
-        seed = int(np.random.SeedSequence([key, i, decision]).generate_state(1, np.uint64)[0])
-        out.append(torch.randn(shape, generator=torch.Generator().manual_seed(seed >> 1)))
-    return torch.stack(out)
 
 
 def credit_at_random(eps: list[LockstepEpisode], G: int, rng: np.random.Generator) -> None:
