@@ -36,12 +36,18 @@ def test_lockstep_rollouts_record_whole_episodes_that_rescore_to_ratio_one():
         s.close()
 
 
-def test_shared_init_noise_gives_a_group_one_x_k_per_decision_and_other_groups_another():
+def x_k_setup(n_scenes: int):
+    """A tiny random policy whose K' = K steps are all recorded (chain[0] is x_K), and scenes
+    of 8-step reach episodes (two decisions of 4 steps)."""
     torch.manual_seed(0)
     cfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
-    model = TinyVLAPolicy(cfg).eval()
     sampler = DiffusionSampler(cfg, SamplerConfig(executed_steps=4, stochastic_steps=10))
-    scenes = [MetaWorldScene("reach-v3", image_size=32, max_steps=8) for _ in range(4)]
+    return (TinyVLAPolicy(cfg).eval(), sampler,
+            [MetaWorldScene("reach-v3", image_size=32, max_steps=8) for _ in range(n_scenes)])
+
+
+def test_shared_init_noise_gives_a_group_one_x_k_per_decision_and_other_groups_another():
+    model, sampler, scenes = x_k_setup(4)
     eps = run_lockstep(scenes, model, sampler, [7, 7, 7, 7], False,
                        torch.Generator().manual_seed(0), record=True, shared_init_noise=2)
     x_k = [[f["chains"][0] for f in e.frames] for e in eps]        # K' = K: chain[0] is x_K
@@ -59,11 +65,7 @@ def test_shared_init_noise_gives_a_group_one_x_k_per_decision_and_other_groups_a
 
 
 def test_paired_evaluation_gives_a_state_the_same_x_k_at_each_decision_whatever_runs_beside():
-    torch.manual_seed(0)
-    cfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
-    model = TinyVLAPolicy(cfg).eval()
-    sampler = DiffusionSampler(cfg, SamplerConfig(executed_steps=4, stochastic_steps=10))
-    scenes = [MetaWorldScene("reach-v3", image_size=32, max_steps=8) for _ in range(3)]
+    model, sampler, scenes = x_k_setup(3)
 
     def x_k(ids, key, gen_seed):                    # K' = K: chain[0] is x_K
         eps = run_lockstep(scenes, model, sampler, ids, True,

@@ -3,18 +3,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.qos import qos_profile_sensor_data
-from ros_harness import Client
+from ros_harness import Client, launch_policy_node
 from sensor_msgs.msg import Image, JointState
 from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
 
-from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
-from tinyvla_grpo_ros.core.config import ModelConfig, SamplerConfig
-from tinyvla_grpo_ros.core.model import TinyVLAPolicy
-from tinyvla_grpo_ros.launcher import Launch
 from tinyvla_grpo_ros.nodes.ros_common import LATCHED, RELIABLE, numpy_to_image
 from tinyvla_grpo_ros.sim.metaworld_scene import JOINT_NAMES
 
@@ -22,13 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bad_inputs_give_no_command_and_a_named_diagnostic_then_recovery(tmp_path):
-    torch.manual_seed(0)
-    cfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
-    ckpt = save_checkpoint(tmp_path / "sft", TinyVLAPolicy(cfg), SamplerConfig(executed_steps=4))
-    launch = Launch(ROOT / "config" / "sim_loop.yaml", {"policy_node": {
-        "checkpoint": str(ckpt), "adapter_root": str(tmp_path / "adapters"),
-        "trainable_preset": "adapters", "stale_after_s": "1.0"}}, only=["policy_node"],
-        log_dir=tmp_path)
+    launch, _ = launch_policy_node(tmp_path, stale_after_s="1.0")
     client = Client("bad_input")
     n = client.node
     chunks, diags = [], []

@@ -11,16 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
-from ros_harness import Client, SensorFeed
+from ros_harness import Client, SensorFeed, launch_policy_node
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool
 from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
 
-from tinyvla_grpo_ros.core.checkpoint import load_checkpoint, save_checkpoint
-from tinyvla_grpo_ros.core.config import ModelConfig, SamplerConfig
-from tinyvla_grpo_ros.core.model import Observation, TinyVLAPolicy
+from tinyvla_grpo_ros.core.checkpoint import load_checkpoint
+from tinyvla_grpo_ros.core.model import Observation
 from tinyvla_grpo_ros.core.sampler import DiffusionSampler
-from tinyvla_grpo_ros.launcher import Launch
 from tinyvla_grpo_ros.nodes.ros_common import LATCHED, RELIABLE, image_to_numpy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,16 +30,9 @@ RESUME_S = 30.0
 
 
 def test_clamps_rate_limit_rescoring_watchdog_estop_disable_and_episode_end_over_dds(tmp_path):
-    torch.manual_seed(0)
-    cfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
-    ckpt = save_checkpoint(tmp_path / "sft", TinyVLAPolicy(cfg),
-                           SamplerConfig(executed_steps=N_EXEC))
-    launch = Launch(ROOT / "config" / "sim_loop.yaml", {"policy_node": {
-        "checkpoint": str(ckpt), "adapter_root": str(tmp_path / "adapters"),
-        "trainable_preset": "adapters", "executed_steps": str(N_EXEC),
-        "action_low": str([-LIMIT] * 4), "action_high": str([LIMIT] * 4),
-        "max_delta_per_step": str(MAX_DELTA), "watchdog_s": "0.5", "stale_after_s": "1.0"}},
-        only=["policy_node"], log_dir=tmp_path)
+    launch, ckpt = launch_policy_node(
+        tmp_path, N_EXEC, action_low=str([-LIMIT] * 4), action_high=str([LIMIT] * 4),
+        max_delta_per_step=str(MAX_DELTA), watchdog_s="0.5", stale_after_s="1.0")
     client = Client("safety")
     n = client.node
     chunks, holds, diags, stream_order = [], [], [], []
