@@ -23,7 +23,8 @@ Each step is Gaussian:  x_{k-1} ~ N(mu_theta(x_k, t_k, c), std_k^2)
 
 x_K ~ N(0, init_noise_scale^2 I). x_K is not scored (it does not depend on theta), so whatever its
 draw decides about the outcome is noise to GRPO; init_noise_scale < 1 narrows it (1 = the
-distribution the head was trained on).
+distribution the head was trained on). Evaluations fix x_K per (scene, decision) with
+`paired_init_noise`, so that versions are compared on the same draws.
 
 log pi(chunk) = sum over the K' steps of log N(x_{k-1}; mu, std_k^2), each summed over the executed
 prefix (Ta_exec x Da). Per-step values are kept (B, K') because GRPO clips per denoising step.

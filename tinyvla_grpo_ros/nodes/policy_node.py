@@ -13,9 +13,11 @@ newer than the last decision's has arrived; inputs older than `stale_after_s` gi
 Actions are clamped to `action_low`/`action_high` and `max_delta_per_step`; a hold is sent when
 the episode stops running, on disable, on e-stop, and by the watchdog when no fresh chunk went
 out for `watchdog_s` while an episode runs.
-Inference runs in a worker thread, never on the executor. Adapter versions are read and verified
-in a loader thread and applied in place between two chunks; by default only outside RUNNING
-episodes (`swap_between: groups`), so a group never mixes versions.
+Evaluation episodes (EpisodeState.deterministic) run the mean sampler from an x_K seeded by
+(`seed`, init_state_id, chunk index): every adapter version meets the same noise in the same
+scene. Inference runs in a worker thread, never on the executor. Adapter versions are read and
+verified in a loader thread and applied in place between two chunks; by default only outside
+RUNNING episodes (`swap_between: groups`), so a group never mixes versions.
 """
 from __future__ import annotations
 
