@@ -1,6 +1,5 @@
 """policy_node answers bad input with no command, a diagnostic naming the problem, and recovers."""
 import time
-from pathlib import Path
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -12,8 +11,6 @@ from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
 
 from tinyvla_grpo_ros.nodes.ros_common import LATCHED, RELIABLE, numpy_to_image
 from tinyvla_grpo_ros.sim.metaworld_scene import JOINT_NAMES
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bad_inputs_give_no_command_and_a_named_diagnostic_then_recovery(tmp_path):

@@ -6,7 +6,6 @@ runs in chunk mode; the test is its camera, its joint states and its episode man
 listens to what would reach the arm: the ActionChunk stream (a hold is an empty chunk).
 """
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +20,6 @@ from tinyvla_grpo_ros.core.model import Observation
 from tinyvla_grpo_ros.core.sampler import DiffusionSampler
 from tinyvla_grpo_ros.nodes.ros_common import LATCHED, RELIABLE, image_to_numpy
 
-ROOT = Path(__file__).resolve().parents[1]
 LIMIT, MAX_DELTA, N_EXEC = 0.05, 0.02, 4
 # How long a step waits for commands to resume. Only a failure waits this long: on a 2-core CI
 # machine the node and this test have stalled for seconds at a time (in one CI run the node's
