@@ -103,8 +103,9 @@ def test_runner_reports_last_and_kept_version_with_their_held_out_success(tmp_pa
     assert len(draws["cell"]) == 3 and all(len(d) == 2 for d in draws["cell"])
     assert [r for _, r in res["curve"]] == pytest.approx([sum(d) / 2 for d in draws["cell"]])
     assert sum(draws["heldout"][0]) / 2 == pytest.approx(res["heldout_sft_success"])
-    with pytest.raises(ValueError, match="eval_draws"):
-        run_metaworld_grpo(ckpt, "reach-v3", episodes=8, eval_draws=0, log=lambda s: None)
+    for bad in (0, 1001):                   # 1001: noise keys would overlap between seeds
+        with pytest.raises(ValueError, match="eval_draws"):
+            run_metaworld_grpo(ckpt, "reach-v3", episodes=8, eval_draws=bad, log=lambda s: None)
     assert res["sampler"]["stochastic_steps"] == 1 and res["init_sampling"] == "informative"
     assert all(u["groups"] == 2 for u in res["updates"])             # two distinct states each
     # the kept version is the best evaluation (later wins ties), its held-out figure measured

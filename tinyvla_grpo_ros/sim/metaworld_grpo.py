@@ -157,8 +157,8 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                        **scene_kw) -> dict:
     t_start = time.time()
     check_mode(init_sampling)
-    if eval_draws < 1:
-        raise ValueError(f"eval_draws must be >= 1, got {eval_draws}")
+    if not 1 <= eval_draws <= 1_000:    # noise keys 1000 seed + j stay apart between seeds
+        raise ValueError(f"eval_draws must be in 1..1000, got {eval_draws}")
     torch.manual_seed(seed)
     model, scfg, meta = load_checkpoint(checkpoint)
     scfg = dataclasses.replace(scfg, **(sampler_overrides or {}))   # e.g. K', the noise floor
@@ -178,13 +178,15 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
 
     draws_log: dict[str, list[list[float]]] = {"cell": [], "heldout": []}
 
-    def success(ids: list[int]) -> float:
-        """Deterministic success, the mean over `eval_draws` paired x_K draws: draw j of every
-        evaluation in this run uses noise key (seed, j), so versions meet the same x_K."""
+    def success(which: str) -> float:
+        """Deterministic success on the cell or the held-out states, the mean over `eval_draws`
+        paired x_K draws: draw j of every evaluation in this run uses noise key (seed, j), so
+        versions meet the same x_K."""
+        ids = cell if which == "cell" else held
         per_draw = [float(np.mean([e.success for e in run_lockstep(
             scenes, policy.model, sampler, ids, True, torch.Generator(),
             noise_key=1_000 * seed + j)])) for j in range(eval_draws)]
-        draws_log["cell" if ids is cell else "heldout"].append(per_draw)
+        draws_log[which].append(per_draw)
         return float(np.mean(per_draw))
 
     def state_successes(ids: list[int]) -> list[int]:
@@ -204,7 +206,7 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
         return {n: p.detach().clone() for n, p in policy.model.named_parameters()
                 if p.requires_grad}
 
-    before, held_before = success(cell), success(held)
+    before, held_before = success("cell"), success("heldout")
     log(f"[{task} s{seed} {preset}] SFT: cell {before:.2f}, held-out {held_before:.2f}")
     outcomes: dict = {}
     if state_rollouts:
@@ -240,14 +242,14 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
             version += 1
         stats_log.append({"update": u, "episodes": done, **st.as_dict()})
         if (u + 1) % eval_every == 0 or u == updates - 1:
-            curve.append((done, success(cell)))
+            curve.append((done, success("cell")))
             if curve[-1][1] >= kept["cell"]:
                 kept = {"version": version, "cell": curve[-1][1], "episodes": done,
                         "params": snapshot()}
             log(f"[{task} s{seed} {preset}] {done} episodes, v{version}: cell success "
                 f"{curve[-1][1]:.2f} (explore {explore[-1][1]:.2f}, approx_kl "
                 f"{st.approx_kl:.3f}, clip {st.clip_fraction:.2f})")
-    held_after = success(held)
+    held_after = success("heldout")
     if state_rollouts:
         outcomes["last"] = state_successes(cell)
         outcomes["last_classes"] = outcome_classes(outcomes["last"], state_rollouts)
@@ -259,7 +261,7 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
             params = dict(policy.model.named_parameters())
             for n, t in kept["params"].items():
                 params[n].copy_(t)
-        held_kept = success(held)
+        held_kept = success("heldout")
     log(f"[{task} s{seed} {preset}] kept v{kept['version']} (cell {kept['cell']:.2f}): "
         f"held-out {held_before:.2f} -> {held_kept:.2f}; last v{version}: held-out "
         f"{held_after:.2f}")
