@@ -70,6 +70,13 @@ def child(args) -> None:
     out.write_text(json.dumps(res, indent=1))
 
 
+def require_positive(ap: argparse.ArgumentParser, args, names: tuple[str, ...]) -> None:
+    """Refuse counts below 1 at once, before minutes of SFT and rollouts, not after them."""
+    for name in names:
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+
+
 def sft_checkpoint(task: str, args) -> Path:
     from tinyvla_grpo_ros.sim.sft_start import build_sft_start
     demos, steps = (args.demos, args.sft_steps) if args.demos else SFT.get(task, (60, 3000))
@@ -234,6 +241,8 @@ def main() -> None:
     if args.child_task:
         child(args)
         return
+    require_positive(ap, args, ("jobs", "episodes", "groups_per_update", "cell", "heldout",
+                                "eval_every", "eval_draws", "epochs", "minibatch"))
     if args.quick:
         args.tasks, args.seeds, args.out, args.rerun = ["reach-v3"], [0], "learning_quick", True
         args.demos, args.sft_steps, args.episodes, args.cell, args.heldout = 8, 300, 32, 8, 4

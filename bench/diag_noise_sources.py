@@ -113,10 +113,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default="noise_sources")
     args = ap.parse_args()
-    for name in ("cell", "xk_draws", "rollouts", "jobs"):
-        if getattr(args, name) < 1:     # before minutes of SFT and rollouts, not after
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    from bench_learning import sft_checkpoint
+    from bench_learning import require_positive, sft_checkpoint
+    require_positive(ap, args, ("cell", "xk_draws", "rollouts", "jobs"))
     sft_args = argparse.Namespace(demos=0, sft_steps=0, goal_marker_radius=0.04)
     ckpts = {t: str(sft_checkpoint(t, sft_args)) for t in args.tasks}
     os.environ["OMP_NUM_THREADS"] = "1"
