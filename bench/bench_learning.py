@@ -50,7 +50,8 @@ def child(args) -> None:
                       base_lr_scale=args.base_lr_scale,
                       loss_aggregation=args.loss_aggregation, ratio=args.ratio,
                       elbo_samples=args.elbo_samples,
-                      negative_advantage_scale=args.negative_advantage_scale, device="cpu")
+                      negative_advantage_scale=args.negative_advantage_scale,
+                      noise_prior_lr_scale=args.noise_prior_lr_scale, device="cpu")
     res = run_metaworld_grpo(args.child_ckpt, args.child_task, args.child_seed, args.episodes,
                              args.child_preset, grpo, args.groups_per_update, args.cell,
                              args.heldout, args.eval_every,
@@ -64,7 +65,7 @@ def child(args) -> None:
                              state_rollouts=args.state_rollouts,
                              group_init_noise=bool(args.group_init_noise),
                              shuffle_rewards=bool(args.shuffle_rewards),
-                             eval_draws=args.eval_draws)
+                             eval_draws=args.eval_draws, noise_prior=bool(args.noise_prior))
     out = Path(args.child_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
@@ -147,7 +148,7 @@ def aggregate(runs: list[dict], name: str, group_key: str) -> dict:
             "sft_checkpoint_success", "cell", "updates", "heldout", "kept_version",
             "kept_episodes", "kept_success", "heldout_kept_success", "sampler", "init_sampling",
             "state_outcomes", "group_init_noise", "shuffle_rewards", "eval_draws",
-            "eval_draw_success")
+            "eval_draw_success", "noise_prior")
     return {"name": name, "group_key": group_key, "summary": summary,
             "runs": [{k: r.get(k) for k in keep} for r in runs]}
 
@@ -216,6 +217,11 @@ def main() -> None:
                      help="x_K ~ N(0, s^2): < 1 leaves more of the randomness to the scored steps")
     grp.add_argument("--group-init-noise", type=int, default=0, choices=(0, 1),
                      help="1: a group's G rollouts share x_K at each decision index")
+    grp.add_argument("--noise-prior", type=int, default=0, choices=(0, 1),
+                     help="1: x_K ~ N(mu(c), s^2) with a learned mean, scored like a step "
+                          "(core/sampler.py)")
+    grp.add_argument("--noise-prior-lr-scale", type=float, default=0.3,
+                     help="lr of the noise prior as a fraction of --lr")
     grp.add_argument("--loss-aggregation", default="chunk", choices=("chunk", "episode"),
                      help="mean over chunks, or every episode weighs the same (core/grpo.py)")
     grp.add_argument("--ratio", default="chain", choices=("chain", "elbo"),
@@ -253,7 +259,8 @@ def main() -> None:
               "base_lr_scale", "stochastic_steps", "noise_std", "goal_marker_radius",
               "init_sampling", "loss_aggregation", "state_rollouts", "init_noise_scale",
               "group_init_noise", "ratio", "elbo_samples",
-              "negative_advantage_scale", "shuffle_rewards", "eval_draws"):
+              "negative_advantage_scale", "shuffle_rewards", "eval_draws", "noise_prior",
+              "noise_prior_lr_scale"):
         passthrough += [f"--{a.replace('_', '-')}", str(getattr(args, a))]
     t0 = time.time()
     ckpts = {t: str(sft_checkpoint(t, args)) for t in args.tasks}

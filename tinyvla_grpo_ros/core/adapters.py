@@ -52,6 +52,8 @@ class AdapterConfig:
     preset: str = "adapters"                # one of PRESETS
     last_k_blocks: int = 1                  # for adapters+last_k_blocks+head
     shared_rl_adapter: bool = False         # also train/enable the shared "rl" adapter
+    noise_prior: bool = False               # learn x_K's mean (model.add_noise_prior): it
+    #   trains with every preset and is saved with each version; the sampler scores x_K
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -79,6 +81,8 @@ class AdaptedPolicy:
         if not adapters:
             raise ValueError("at least one adapter (task) name is needed")
         self.cfg = cfg
+        if cfg.noise_prior:
+            model.add_noise_prior()
         self.peft: PeftModel = get_peft_model(model, cfg.lora(), adapter_name=adapters[0])
         for name in adapters[1:] + ([SHARED_RL] if cfg.shared_rl_adapter else []):
             self.peft.add_adapter(name, cfg.lora())
@@ -122,7 +126,7 @@ class AdaptedPolicy:
             lora_of = _lora_adapter(name)
             if lora_of is not None:
                 train = lora_of in active and preset != "head"
-            elif preset == "full":
+            elif preset == "full" or name.startswith("noise_prior."):
                 train = True
             else:
                 in_head = name.startswith("head.")
@@ -143,13 +147,14 @@ class AdaptedPolicy:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def modifies_base(self) -> bool:
-        return self.cfg.preset != "adapters"
+        return self.cfg.preset != "adapters" or self.cfg.noise_prior
 
     def reference(self):
         """Context manager: the reference policy (adapters disabled)."""
         if self.modifies_base():
-            raise ValueError(f"KL to the reference needs preset 'adapters' (the reference is the "
-                             f"model with adapters disabled); preset is {self.cfg.preset!r}")
+            raise ValueError(f"KL to the reference needs preset 'adapters' without a noise prior "
+                             f"(the reference is the model with adapters disabled); preset is "
+                             f"{self.cfg.preset!r}, noise_prior {self.cfg.noise_prior}")
         return self.peft.disable_adapter()
 
     # ----- export / import -----

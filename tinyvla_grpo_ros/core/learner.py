@@ -6,7 +6,8 @@
    micro-batches whose gradients accumulate to exactly the minibatch gradient;
 3. a NaN/inf loss or gradient skips that optimizer step (and says so); gradients are clipped;
 4. the learning rate warms up linearly over an optimizer's first `warmup_steps` steps, and base
-   tensors (head, norms, blocks: everything that is not LoRA) step at `base_lr_scale` x lr. Adam's
+   tensors (head, norms, blocks: everything that is not LoRA) step at `base_lr_scale` x lr, the
+   noise prior (x_K's mean, sampler.py) at `noise_prior_lr_scale` x lr. Adam's
    first step moves every weight by lr in the direction sign(grad); for a weight matrix that is
    sign(delta) sign(x), so a layer's output moves by lr x ||x||_1, i.e. by lr x fan-in: measured,
    one step at lr 1e-4 on the tiny head took the approximate KL to 0.29, at lr 3e-4 it took
@@ -56,6 +57,7 @@ class GRPOConfig:
     target_kl: float = 0.0              # stop an update early above 1.5 x this (0 = off)
     warmup_steps: int = 0               # linear lr warm-up over an optimizer's first steps
     base_lr_scale: float = 1.0          # lr of non-LoRA tensors = base_lr_scale x lr
+    noise_prior_lr_scale: float = 0.3   # lr of the noise prior (x_K's mean) = this x lr
     max_grad_norm: float = 1.0
     adv_eps: float = 1e-6
     leave_one_out: bool = False
@@ -81,8 +83,9 @@ class GRPOConfig:
             raise ValueError(f"target_kl must be >= 0, got {self.target_kl}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.base_lr_scale <= 0:
-            raise ValueError(f"base_lr_scale must be > 0, got {self.base_lr_scale}")
+        for name in ("base_lr_scale", "noise_prior_lr_scale"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.loss_aggregation not in ("chunk", "episode"):
             raise ValueError(f"loss_aggregation must be 'chunk' or 'episode', got "
                              f"{self.loss_aggregation!r}")
@@ -129,7 +132,8 @@ class UpdateStats:
 
 @dataclass
 class Batch:
-    """Chunks of all episodes: obs, chains (N, K'+1, Ta, Da), logp_old (N, K') (or (N, 1) for
+    """Chunks of all episodes: obs, chains (N, K'+1, Ta, Da), logp_old (N, K') (one more of each
+    with a noise prior: x_K and its log-density come first; or logp_old (N, 1) for
     ratio "elbo"), adv (N,), weights (N,) = u_n of grpo.py; for ratio "elbo" the fixed draws
     elbo_t (N, M), elbo_noise (N, M, Ta, Da) and the chains' stored log-probs (N, K'), on which
     the step-size guard (target_kl) is measured."""
@@ -200,6 +204,9 @@ class GRPOLearner:
         self.device = cfg.resolved_device()
         self.policy.model.to(self.device)
         self.loss_cfg = cfg.loss_cfg()
+        if cfg.ratio == "elbo" and policy.model.noise_prior is not None:
+            raise ValueError("ratio 'elbo' scores the executed x_0 only, so it would never train "
+                             "the noise prior: use ratio 'chain' with noise_prior")
         if self.loss_cfg.kl_coef > 0:
             policy.reference()                       # raises early for presets without one
         self.optimizers: dict[str, tuple[list[int], torch.optim.Adam]] = {}
@@ -212,10 +219,13 @@ class GRPOLearner:
         params = self.policy.trainable_parameters()
         ids = [id(p) for p in params]
         if key not in self.optimizers or self.optimizers[key][0] != ids:
-            lora = {id(p) for n, p in self.policy.model.named_parameters()
-                    if p.requires_grad and ".lora_" in n}
+            named = [(n, p) for n, p in self.policy.model.named_parameters() if p.requires_grad]
+            lora = {id(p) for n, p in named if ".lora_" in n}
+            prior = {id(p) for n, p in named if n.startswith("noise_prior.")}
             groups = [{"params": [p for p in params if id(p) in lora], "lr_scale": 1.0},
-                      {"params": [p for p in params if id(p) not in lora],
+                      {"params": [p for p in params if id(p) in prior],
+                       "lr_scale": self.cfg.noise_prior_lr_scale},
+                      {"params": [p for p in params if id(p) not in lora | prior],
                        "lr_scale": self.cfg.base_lr_scale}]
             groups = [g for g in groups if g["params"]]
             self.optimizers[key] = (ids, torch.optim.Adam(groups, lr=self.cfg.lr))

@@ -26,6 +26,13 @@ draw decides about the outcome is noise to GRPO; init_noise_scale < 1 narrows it
 distribution the head was trained on). Evaluations fix x_K per (scene, decision) with
 `paired_init_noise`, so that versions are compared on the same draws.
 
+With a noise prior (`model.add_noise_prior`, `AdapterConfig.noise_prior`) x_K is an action too:
+x_K = mu_phi(c) + s z, z ~ N(0, I), scored as log N(x_K; mu_phi(c), s^2 I) over all of (Ta, Da)
+(every row of x_K shapes the executed prefix). It is step 0 of the record: the chain grows to
+(B, K'+2, Ta, Da) with chain[:, 0] = x_K, and the log-probs to (B, K'+1). GRPO then credits the
+draw of x_K to mu_phi, which starts at 0 (the SFT policy exactly) - the idea of steering a
+diffusion policy through its initial noise (DSRL, Wagenmaker et al. 2025), trained on-policy.
+
 log pi(chunk) = sum over the K' steps of log N(x_{k-1}; mu, std_k^2), each summed over the executed
 prefix (Ta_exec x Da). Per-step values are kept (B, K') because GRPO clips per denoising step.
 """
@@ -50,7 +57,9 @@ class Chunk:
 
     actions: torch.Tensor         # (B, Ta, Da) robot units
     chain: torch.Tensor           # (B, K'+1, Ta, Da) normalized; chain[:, -1] = x_0
+    #                               (K'+2 with a noise prior: chain[:, 0] = x_K)
     log_probs: torch.Tensor       # (B, K') per fine-tuned step, over the executed prefix
+    #                               (K'+1 with a noise prior: [:, 0] = log-density of x_K)
     executed_steps: int           # Ta_exec
 
 
@@ -130,6 +139,32 @@ class DiffusionSampler:
                 + ((a_t / a_prev).sqrt() * (1 - a_prev) / (1 - a_t)) * x
         return mean, sigma
 
+    def init_log_prob(self, x_init: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """log N(x_K; mean, s^2 I) over all of (Ta, Da) -> (N,), s = init_noise_scale."""
+        s = self.cfg.init_noise_scale
+        lp = -0.5 * ((x_init - mean) / s) ** 2 - math.log(s) - LOG_SQRT_2PI
+        return lp.sum(dim=(1, 2))
+
+    def check_prior(self, model: TinyVLAPolicy) -> bool:
+        """True when x_K is scored (the model has a noise prior); needs a scale > 0."""
+        if model.noise_prior is None:
+            return False
+        if self.cfg.init_noise_scale <= 0:
+            raise ValueError("a noise prior scores x_K ~ N(mu, s^2): init_noise_scale must be "
+                             "> 0")
+        return True
+
+    def split_chain(self, model: TinyVLAPolicy, chain: torch.Tensor
+                    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """A stored chain -> (x_K or None, the K'+1 states of the noisy steps); checks K'."""
+        prior = self.check_prior(model)
+        Kp = chain.shape[1] - 1 - int(prior)
+        if Kp != self.cfg.stochastic_steps:
+            raise ValueError(f"chain has {chain.shape[1]} states, the sampler fine-tunes "
+                             f"{self.cfg.stochastic_steps} steps"
+                             + (" after x_K (noise prior)" if prior else ""))
+        return (chain[:, 0], chain[:, 1:]) if prior else (None, chain)
+
     def gaussian_log_prob(self, x_prev: torch.Tensor, mean: torch.Tensor,
                           sigma: torch.Tensor, n_exec: int) -> torch.Tensor:
         """log N(x_prev; mean, max(sigma, floor)^2) summed over the executed prefix -> (N,)."""
@@ -156,8 +191,15 @@ class DiffusionSampler:
             init_noise = torch.randn(shape, generator=generator, device=device)
         elif init_noise.shape != shape:
             raise ValueError(f"init_noise must have shape {shape}, got {tuple(init_noise.shape)}")
+        prior = self.check_prior(model)
         x = init_noise.to(device) * cfg.init_noise_scale                     # x_K
         chain, log_probs = [], []
+        if prior:
+            mean = model.init_noise_mean(cond)
+            x = mean + x
+            if record and not deterministic:
+                chain.append(x)
+                log_probs.append(self.init_log_prob(x, mean))
         for i in range(cfg.num_inference_steps):
             stochastic = not deterministic and i >= self.first_stochastic
             if record and i == self.first_stochastic:
@@ -185,11 +227,9 @@ class DiffusionSampler:
                        n_exec: int | None = None, cond: torch.Tensor | None = None
                        ) -> torch.Tensor:
         """Re-score stored chains (B, K'+1, Ta, Da) -> (B, K') in one batched forward."""
+        x_init, chain = self.split_chain(model, chain)
         B, K1 = chain.shape[:2]
         Kp = K1 - 1
-        if Kp != self.cfg.stochastic_steps:
-            raise ValueError(f"chain has {Kp} steps, the sampler fine-tunes "
-                             f"{self.cfg.stochastic_steps}")
         n_exec = self.executed_steps() if n_exec is None else n_exec
         cond = model.encode(obs) if cond is None else cond                   # (B, C)
         x_k = chain[:, :-1].reshape(B * Kp, *chain.shape[2:])                 # (B*K', Ta, Da)
@@ -197,7 +237,11 @@ class DiffusionSampler:
         idx = self.stochastic_indices.to(chain.device).repeat(B)            # (B*K',)
         eps = model(x_k, self.timesteps.to(chain.device)[idx], cond.repeat_interleave(Kp, 0))
         mean, sigma = self.step_mean_std(x_k, eps, idx, stochastic=True)
-        return self.gaussian_log_prob(x_prev, mean, sigma, n_exec).view(B, Kp)
+        lp = self.gaussian_log_prob(x_prev, mean, sigma, n_exec).view(B, Kp)
+        if x_init is None:
+            return lp
+        return torch.cat([self.init_log_prob(x_init, model.init_noise_mean(cond))[:, None], lp],
+                         1)
 
     def elbo_log_likelihood(self, model: TinyVLAPolicy, obs: Observation, x0: torch.Tensor,
                             t: torch.Tensor, noise: torch.Tensor, n_exec: int | None = None,
@@ -228,7 +272,9 @@ class DiffusionSampler:
         """Reference re-scoring, one full policy call (encode + head) per step: for parity tests
         and the batched-vs-per-step benchmark."""
         n_exec = self.executed_steps() if n_exec is None else n_exec
-        out = []
+        x_init, chain = self.split_chain(model, chain)
+        out = [] if x_init is None else [
+            self.init_log_prob(x_init, model.init_noise_mean(model.encode(obs)))]
         for j, i in enumerate(self.stochastic_indices.tolist()):
             idx = torch.full((chain.shape[0],), i, dtype=torch.long, device=chain.device)
             eps = model(chain[:, j], self.timesteps.to(chain.device)[idx], model.encode(obs))

@@ -153,7 +153,8 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                        eval_every: int = 4, lora_rank: int = 8,
                        sampler_overrides: dict | None = None, init_sampling: str = "uniform",
                        state_rollouts: int = 0, group_init_noise: bool = False,
-                       shuffle_rewards: bool = False, eval_draws: int = 1, log=print,
+                       shuffle_rewards: bool = False, eval_draws: int = 1,
+                       noise_prior: bool = False, log=print,
                        **scene_kw) -> dict:
     t_start = time.time()
     check_mode(init_sampling)
@@ -164,7 +165,8 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
     scfg = dataclasses.replace(scfg, **(sampler_overrides or {}))   # e.g. K', the noise floor
     grpo = grpo or GRPOConfig(device="cpu")
     G = grpo.group_size
-    policy = AdaptedPolicy(model, AdapterConfig(preset=preset, rank=lora_rank), [task])
+    policy = AdaptedPolicy(model, AdapterConfig(preset=preset, rank=lora_rank,
+                                                 noise_prior=noise_prior), [task])
     sampler = DiffusionSampler(model.config, scfg)
     learner = GRPOLearner(policy, sampler, grpo)
     n_scenes = max(G * groups_per_update, pool_size, heldout)
@@ -287,9 +289,10 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                                                 "target_kl", "warmup_steps",
                                                 "base_lr_scale", "loss_aggregation",
                                                 "ratio", "elbo_samples",
-                                                "negative_advantage_scale")},
+                                                "negative_advantage_scale",
+                                                "noise_prior_lr_scale")},
         "groups_per_update": groups_per_update, "lora_rank": lora_rank,
         "init_sampling": init_sampling, "group_init_noise": group_init_noise,
-        "shuffle_rewards": shuffle_rewards,
+        "shuffle_rewards": shuffle_rewards, "noise_prior": noise_prior,
         "state_outcomes": outcomes,
         "sampler": scfg.to_dict()}
