@@ -81,7 +81,8 @@ def test_grpo_moves_the_prior_mean_toward_the_x_k_of_the_successful_rollouts(pre
             ep.reward = float(ep.tensors["chains"][0, 0, :, 0].mean() > 0)
     assert any(len({e.reward for e in g}) > 1 for g in groups)
     before = snapshot(policy)
-    learner.update(groups)
+    first = learner.update(groups)
+    assert first.prior_mean_rms == 0.0                 # one step, measured before it
     changed = changed_keys(before, policy)
     trainable = {n for n, p in policy.model.named_parameters() if p.requires_grad}
     assert {"noise_prior.weight", "noise_prior.bias"} <= changed <= trainable
@@ -89,6 +90,7 @@ def test_grpo_moves_the_prior_mean_toward_the_x_k_of_the_successful_rollouts(pre
     with torch.no_grad():
         mu = policy.model.init_noise_mean(policy.model.encode(obs))
     assert mu[..., 0].mean() > 0.5 * mu.abs().mean() > 0
+    assert learner.update(groups).prior_mean_rms > 0   # the mean it starts from has moved
 
 
 def test_the_prior_travels_with_its_adapter_version_and_a_policy_without_one_refuses_it(tmp_path):

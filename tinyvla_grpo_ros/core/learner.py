@@ -125,6 +125,8 @@ class UpdateStats:
     nonfinite_steps_skipped: int = 0
     early_stopped: int = 0              # 1 when target_kl cut the update short
     mean_reward: float = 0.0
+    prior_mean_rms: float = 0.0         # noise prior: RMS of x_K's mean over the chunks, in
+    #                                     units of x_K's std (0: no prior, or not moved yet)
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
@@ -293,6 +295,12 @@ class GRPOLearner:
         loss, st = grpo_loss(logp_new, b.logp_old, b.advantages, self.loss_cfg, normalizer,
                              logp_ref, b.weights)
         loss.backward()
+        if self.policy.model.noise_prior is not None:
+            with torch.no_grad():
+                mu = self.policy.model.init_noise_mean(cond) / self.sampler.cfg.init_noise_scale
+                acc["prior_sq_sum"] = acc.get("prior_sq_sum", 0.0) + mu.pow(2).mean().item() \
+                    * len(b)
+                acc["prior_n"] = acc.get("prior_n", 0.0) + len(b)
         kl_sum, kl_terms = st["approx_kl_sum"].item(), st["terms"].item()
         if b.chain_logp_old is not None:         # ratio "elbo": guard on the sampling policy
             with torch.no_grad():
@@ -385,4 +393,6 @@ class GRPOLearner:
             stats.approx_kl = totals["kl_sum"] / max(1.0, totals["kl_terms"])
             stats.ref_kl = totals["ref_kl_sum"] / terms
             stats.ratio_min, stats.ratio_max = totals["ratio_min"], totals["ratio_max"]
+            if "prior_n" in totals:             # over every chunk of every step taken
+                stats.prior_mean_rms = math.sqrt(totals["prior_sq_sum"] / totals["prior_n"])
         return stats
