@@ -1,8 +1,8 @@
 """Learning results: GRPO on Meta-World tasks from their SFT starting points, over seeds.
 
     python bench/bench_learning.py           # 3 tasks x 3 seeds, preset adapters+head+norms
-    python bench/bench_learning.py --out trainable_sets --tasks reach-v3 --seeds 0 \\
-        --presets adapters head adapters+head+norms adapters+last_k_blocks+head full
+    python bench/bench_learning.py --out trainable_sets --tasks reach-v3 --seeds 0 1 2 \\
+        --episodes 192 --presets adapters head adapters+head+norms adapters+last_k_blocks+head full
     python bench/bench_learning.py --quick         # make bench: one short run (smoke figure)
 
 Each (task, seed, preset) run is its own subprocess (torch on one thread; `--jobs` of them at a
