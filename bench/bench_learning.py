@@ -23,6 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tinyvla_grpo_ros.core.adapters import PRESETS
 from tinyvla_grpo_ros.core.init_states import OUTCOME_CLASSES, SAMPLING_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,20 +39,25 @@ def slug(s: str) -> str:
     return s.replace("+", "_").replace("-", "_")
 
 
-def child(args) -> None:
-    import torch
-    torch.set_num_threads(1)
+def grpo_config(args, preset: str):
+    """The learner settings of one run (GRPOConfig checks them itself)."""
     from tinyvla_grpo_ros.core.learner import GRPOConfig
-    from tinyvla_grpo_ros.sim.metaworld_grpo import run_metaworld_grpo
-    grpo = GRPOConfig(group_size=args.group_size, lr=args.lr, epochs=args.epochs,
+    return GRPOConfig(group_size=args.group_size, lr=args.lr, epochs=args.epochs,
                       minibatch_size=args.minibatch, micro_batch_size=args.minibatch,
-                      kl_coef=args.kl_coef if args.child_preset == "adapters" else 0.0,
+                      kl_coef=args.kl_coef if preset == "adapters" else 0.0,
                       target_kl=args.target_kl, warmup_steps=args.warmup_steps,
                       base_lr_scale=args.base_lr_scale,
                       loss_aggregation=args.loss_aggregation, ratio=args.ratio,
                       elbo_samples=args.elbo_samples,
                       negative_advantage_scale=args.negative_advantage_scale,
                       noise_prior_lr_scale=args.noise_prior_lr_scale, device="cpu")
+
+
+def child(args) -> None:
+    import torch
+    torch.set_num_threads(1)
+    from tinyvla_grpo_ros.sim.metaworld_grpo import run_metaworld_grpo
+    grpo = grpo_config(args, args.child_preset)
     res = run_metaworld_grpo(args.child_ckpt, args.child_task, args.child_seed, args.episodes,
                              args.child_preset, grpo, args.groups_per_update, args.cell,
                              args.heldout, args.eval_every,
@@ -187,7 +193,7 @@ def main() -> None:
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--presets", nargs="+", default=["adapters+head+norms"])
+    ap.add_argument("--presets", nargs="+", default=["adapters+head+norms"], choices=PRESETS)
     ap.add_argument("--out", default="learning", help="results name under bench/results")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
     ap.add_argument("--rerun", action="store_true", help="ignore finished runs on disk")
@@ -249,6 +255,11 @@ def main() -> None:
         return
     require_positive(ap, args, ("jobs", "episodes", "groups_per_update", "cell", "heldout",
                                 "eval_every", "eval_draws", "epochs", "minibatch"))
+    for preset in args.presets:     # bad learner settings: refused now, not in every run
+        try:
+            grpo_config(args, preset)
+        except ValueError as e:
+            ap.error(str(e))
     if args.quick:
         args.tasks, args.seeds, args.out, args.rerun = ["reach-v3"], [0], "learning_quick", True
         args.demos, args.sft_steps, args.episodes, args.cell, args.heldout = 8, 300, 32, 8, 4
