@@ -226,7 +226,8 @@ class DiffusionSampler:
     def chain_log_prob(self, model: TinyVLAPolicy, obs: Observation, chain: torch.Tensor,
                        n_exec: int | None = None, cond: torch.Tensor | None = None
                        ) -> torch.Tensor:
-        """Re-score stored chains (B, K'+1, Ta, Da) -> (B, K') in one batched forward."""
+        """Re-score stored chains (B, K'+1, Ta, Da) -> (B, K') in one batched forward (with a
+        noise prior (B, K'+2, Ta, Da) -> (B, K'+1), x_K's term first)."""
         x_init, chain = self.split_chain(model, chain)
         B, K1 = chain.shape[:2]
         Kp = K1 - 1
