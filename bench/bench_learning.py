@@ -71,7 +71,8 @@ def child(args) -> None:
                              state_rollouts=args.state_rollouts,
                              group_init_noise=bool(args.group_init_noise),
                              shuffle_rewards=bool(args.shuffle_rewards),
-                             eval_draws=args.eval_draws, noise_prior=bool(args.noise_prior))
+                             eval_draws=args.eval_draws, noise_prior=bool(args.noise_prior),
+                             progress_weight=args.progress_weight)
     out = Path(args.child_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
@@ -239,6 +240,9 @@ def main() -> None:
     grp.add_argument("--shuffle-rewards", type=int, default=0, choices=(0, 1),
                      help="1: the null experiment: each group's outcomes are credited to its "
                           "episodes in a random order (how far updates alone move success)")
+    grp.add_argument("--progress-weight", type=float, default=0.0,
+                     help="reward of a failure = this x its progress (Meta-World's shaped "
+                          "reward / 10, the episode's best); 0: the success bit alone")
     grp.add_argument("--init-sampling", default="informative", choices=SAMPLING_MODES,
                      help="how each update draws its init states (core/init_states.py)")
     grp.add_argument("--state-rollouts", type=int, default=0,
@@ -255,9 +259,11 @@ def main() -> None:
         return
     require_positive(ap, args, ("jobs", "episodes", "groups_per_update", "cell", "heldout",
                                 "eval_every", "eval_draws", "epochs", "minibatch"))
+    from tinyvla_grpo_ros.core.grpo import outcome_reward
     for preset in args.presets:     # bad learner settings: refused now, not in every run
         try:
             grpo_config(args, preset)
+            outcome_reward(False, 0.0, args.progress_weight)
         except ValueError as e:
             ap.error(str(e))
     if args.quick:
@@ -271,7 +277,7 @@ def main() -> None:
               "init_sampling", "loss_aggregation", "state_rollouts", "init_noise_scale",
               "group_init_noise", "ratio", "elbo_samples",
               "negative_advantage_scale", "shuffle_rewards", "eval_draws", "noise_prior",
-              "noise_prior_lr_scale"):
+              "noise_prior_lr_scale", "progress_weight"):
         passthrough += [f"--{a.replace('_', '-')}", str(getattr(args, a))]
     t0 = time.time()
     ckpts = {t: str(sft_checkpoint(t, args)) for t in args.tasks}

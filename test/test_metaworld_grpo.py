@@ -149,3 +149,58 @@ def test_an_episodes_first_frame_does_not_depend_on_the_episode_before():
     assert np.array_equal(used.expert_action(expert), fresh.expert_action(expert))
     for s in (used, fresh):
         s.close()
+
+
+def test_progress_reward_ranks_a_groups_failures_and_keeps_every_success_above_them():
+    from tinyvla_grpo_ros.core.grpo import group_advantages, outcome_reward
+    assert outcome_reward(True, 0.2, 0.0) == 1.0 and outcome_reward(False, 0.9, 0.0) == 0.0
+    # all failures: the success bit gives no signal, progress ranks them
+    failures = [outcome_reward(False, p, 0.5) for p in (0.1, 0.8, 0.4)]
+    assert group_advantages(torch.tensor([0.0, 0.0, 0.0])) is None
+    adv = group_advantages(torch.tensor(failures))
+    assert adv is not None and adv.argmax() == 1 and adv.argmin() == 0
+    # a success outranks the closest failure at any weight below 1
+    assert outcome_reward(True, 0.0, 0.99) > outcome_reward(False, 1.0, 0.99)
+    for bad in ((False, 0.5, 1.0), (False, 0.5, -0.1), (False, 1.5, 0.5), (False, -0.1, 0.5)):
+        with pytest.raises(ValueError):
+            outcome_reward(*bad)
+
+
+def test_scene_progress_rises_toward_the_goal_and_resets_with_the_scene():
+    from tinyvla_grpo_ros.sim.metaworld_scene import expert_policy
+    scene = MetaWorldScene("reach-v3", image_size=32)
+    expert = expert_policy("reach-v3")
+    scene.reset(5)
+    r = scene.step(np.zeros(4))
+    start = r.progress
+    assert 0.0 <= start < 0.5
+    seen = [start]
+    for sign in [1] * 20 + [-1] * 30:           # toward the goal, then back away from it
+        r = scene.step(sign * scene.expert_action(expert))
+        seen.append(r.progress)
+    assert seen[20] > start + 0.1
+    assert seen == sorted(seen)                 # the episode's best: backing away keeps it
+    while not r.done:
+        r = scene.step(scene.expert_action(expert))
+    assert r.success and r.progress > 0.9
+    scene.reset(5)
+    assert scene.progress == 0.0
+    assert scene.step(np.zeros(4)).progress == pytest.approx(start)
+    scene.close()
+
+
+def test_records_carry_the_progress_reward_and_the_null_experiment_moves_it_with_success():
+    from tinyvla_grpo_ros.sim.metaworld_grpo import LockstepEpisode, credit_at_random
+    frame = {"images": torch.zeros(3, 8, 8), "states": torch.zeros(9),
+             "chains": torch.zeros(2, 4, 4), "log_probs": torch.zeros(1)}
+    eps = [LockstepEpisode(0, success=s, progress=p, frames=[frame])
+           for s, p in ((True, 0.9), (False, 0.6), (False, 0.2))]
+    recs = to_records(eps, "g", "t", "t", 0, "i", 4, progress_weight=0.5)
+    assert [r.reward for r in recs] == [1.0, 0.3, 0.1]
+    assert [r.success for r in recs] == [True, False, False]
+    assert [r.reward for r in to_records(eps, "g", "t", "t", 0, "i", 4)] == [1.0, 0.0, 0.0]
+    rng = np.random.default_rng(1)
+    pairs = {(e.success, e.progress) for e in eps}
+    for _ in range(5):
+        credit_at_random(eps, 3, rng)
+        assert {(e.success, e.progress) for e in eps} == pairs

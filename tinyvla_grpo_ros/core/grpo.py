@@ -38,6 +38,21 @@ class GRPOLossConfig:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
 
 
+def outcome_reward(success: bool, progress: float, progress_weight: float = 0.0) -> float:
+    """An episode's reward: 1 for a success, `progress_weight` x progress for a failure.
+
+    progress in [0, 1] says how close a failure came (a simulator's shaped task reward, an
+    operator's partial mark). progress_weight = 0 is the plain success bit; any weight < 1 keeps
+    every success above every failure, and lets a group of failures rank them, so that it
+    carries signal where the success bit alone gives none."""
+    if not 0.0 <= progress_weight < 1.0:
+        raise ValueError(f"progress_weight must lie in [0, 1) so that a success outranks any "
+                         f"failure, got {progress_weight}")
+    if not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must lie in [0, 1], got {progress}")
+    return 1.0 if success else progress_weight * float(progress)
+
+
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6, leave_one_out: bool = False
                      ) -> torch.Tensor | None:
     """rewards (G,) -> advantages (G,); None when the group has no signal (zero variance)."""

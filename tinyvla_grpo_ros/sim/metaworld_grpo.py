@@ -37,6 +37,7 @@ import torch
 
 from ..core.adapters import AdaptedPolicy, AdapterConfig
 from ..core.checkpoint import load_checkpoint
+from ..core.grpo import outcome_reward
 from ..core.init_states import check_mode, latest_groups, outcome_classes, pick_init_states
 from ..core.learner import GRPOConfig, GRPOLearner
 from ..core.rollout_store import EpisodeRecord
@@ -53,6 +54,7 @@ class LockstepEpisode:
     init_state_id: int
     success: bool = False
     steps: int = 0
+    progress: float = 0.0       # best shaped task reward of the episode, [0, 1]
     frames: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
 
@@ -109,7 +111,8 @@ def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
             for a in chunk.actions[row, :n_exec].numpy():
                 r = scenes[k].step(a)
                 if r.done:
-                    eps[k].success, eps[k].steps = r.success, r.steps
+                    eps[k].success, eps[k].steps, eps[k].progress = r.success, r.steps, \
+                        r.progress
                     break
             else:
                 still.append(k)
@@ -118,24 +121,27 @@ def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
 
 
 def credit_at_random(eps: list[LockstepEpisode], G: int, rng: np.random.Generator) -> None:
-    """The null experiment: within each group of G, the outcomes go to the episodes in a random
-    order. Same success counts, so the same advantages and update sizes, and no signal in
-    which rollout earned them: what the updates alone do to success."""
+    """The null experiment: within each group of G, the outcomes (success and progress) go to
+    the episodes in a random order. Same outcomes, so the same advantages and update sizes, and
+    no signal in which rollout earned them: what the updates alone do to success."""
     for g in range(0, len(eps), G):
         part = eps[g:g + G]
-        for e, w in zip(part, rng.permutation([e.success for e in part])):
-            e.success = bool(w)
+        outcomes = [(e.success, e.progress) for e in part]
+        for e, j in zip(part, rng.permutation(len(part))):
+            e.success, e.progress = outcomes[j]
 
 
 def to_records(eps: list[LockstepEpisode], group_id: str, task: str, adapter: str, version: int,
-               instruction: str, n_exec: int) -> list[EpisodeRecord]:
+               instruction: str, n_exec: int, progress_weight: float = 0.0
+               ) -> list[EpisodeRecord]:
     out = []
     for j, e in enumerate(eps):
         stack = lambda k, e=e: torch.stack([f[k] for f in e.frames])  # noqa: E731
         out.append(EpisodeRecord(
             episode_id=f"{group_id}-e{j}", group_id=group_id, task=task,
             init_state_id=e.init_state_id, adapter_name=adapter, adapter_version=version,
-            instruction=instruction, reward=float(e.success), success=e.success,
+            instruction=instruction,
+            reward=outcome_reward(e.success, e.progress, progress_weight), success=e.success,
             tensors={"images": stack("images"), "states": stack("states"),
                      "chains": stack("chains"), "log_probs": stack("log_probs"),
                      "executed": torch.full((len(e.frames),), n_exec)}))
@@ -154,10 +160,11 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                        sampler_overrides: dict | None = None, init_sampling: str = "uniform",
                        state_rollouts: int = 0, group_init_noise: bool = False,
                        shuffle_rewards: bool = False, eval_draws: int = 1,
-                       noise_prior: bool = False, log=print,
+                       noise_prior: bool = False, progress_weight: float = 0.0, log=print,
                        **scene_kw) -> dict:
     t_start = time.time()
     check_mode(init_sampling)
+    outcome_reward(False, 0.0, progress_weight)     # refuses a bad weight before any work
     if not 1 <= eval_draws <= 1_000:    # noise keys 1000 seed + j stay apart between seeds
         raise ValueError(f"eval_draws must be in 1..1000, got {eval_draws}")
     torch.manual_seed(seed)
@@ -232,7 +239,7 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
         if shuffle_rewards:
             credit_at_random(eps, G, rng)
         groups = [to_records(eps[g * G:(g + 1) * G], f"u{u:03d}-g{g}", task, task, version,
-                             instruction, sampler.executed_steps())
+                             instruction, sampler.executed_steps(), progress_weight)
                   for g in range(groups_per_update)]
         done += len(ids)
         explore.append((done, float(np.mean([e.success for e in eps]))))
@@ -294,5 +301,6 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
         "groups_per_update": groups_per_update, "lora_rank": lora_rank,
         "init_sampling": init_sampling, "group_init_noise": group_init_noise,
         "shuffle_rewards": shuffle_rewards, "noise_prior": noise_prior,
+        "progress_weight": progress_weight,
         "state_outcomes": outcomes,
         "sampler": scfg.to_dict()}
