@@ -12,7 +12,6 @@ from tinyvla_grpo_ros.core.adapters import (
     list_versions,
     read_adapter_version,
     save_adapter_version,
-    widen,
 )
 from tinyvla_grpo_ros.core.config import SamplerConfig
 from tinyvla_grpo_ros.core.grpo import GRPOLossConfig, group_advantages, grpo_loss
@@ -266,7 +265,6 @@ def test_shared_rl_adapter_switches_on_and_off():
     policy.activate("pick", rl=False)
     off = sampler.sample(policy.model, obs, torch.Generator().manual_seed(0)).actions
     assert not torch.equal(on, off)
-    assert widen("adapters") == "adapters+head+norms" and widen("full") == "full"
 
 
 def _record(ep, group="g0", version=0, task="a"):

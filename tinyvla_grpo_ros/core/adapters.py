@@ -17,7 +17,9 @@ An adapter version on disk (written atomically; the sha256 covers adapter_model.
     <root>/<adapter>/vNNNN/adapter_config.json         peft LoraConfig
     <root>/<adapter>/vNNNN/meta.json                   version, parent, sha256, preset, metrics
 Loading into a live model checks the hash, the exact key set, shapes and finiteness before it
-writes a single value: a bad file changes nothing.
+writes a single value: a bad file changes nothing. The trainable set is widened by config (a wider
+`preset`, nodes restarted): versions written under a narrower preset still load, with the SFT
+values for the tensors they did not train; a version of a wider preset is refused.
 """
 from __future__ import annotations
 
@@ -35,7 +37,6 @@ from .checkpoint import check_state_dict, read_safetensors
 from .model import TinyVLAPolicy
 
 PRESETS = ("adapters", "head", "adapters+head+norms", "adapters+last_k_blocks+head", "full")
-WIDEN_ORDER = ("adapters", "adapters+head+norms", "adapters+last_k_blocks+head", "full")
 SHARED_RL = "rl"
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
@@ -68,12 +69,6 @@ class AdapterConfig:
                           target_modules=list(self.target_modules), bias="none")
 
 
-def widen(preset: str) -> str:
-    """The next wider trainable set (adapters -> +head+norms -> +last blocks -> full)."""
-    i = WIDEN_ORDER.index(preset) if preset in WIDEN_ORDER else 0
-    return WIDEN_ORDER[min(i + 1, len(WIDEN_ORDER) - 1)]
-
-
 class AdaptedPolicy:
     """A TinyVLAPolicy wrapped by peft with named adapters; owns which tensors train."""
 
@@ -88,6 +83,7 @@ class AdaptedPolicy:
             self.peft.add_adapter(name, cfg.lora())
         self.active = adapters[0]
         self.rl_enabled = cfg.shared_rl_adapter
+        self.sft_base: dict[str, torch.Tensor] = {}    # SFT values of trainable base tensors
         self.activate(adapters[0])
 
     @property
@@ -112,34 +108,49 @@ class AdaptedPolicy:
         self.peft.base_model.set_adapter(names)
         self.set_preset(self.cfg.preset)
 
+    def _trains(self, name: str, preset: str) -> bool:
+        """Whether tensor `name` trains under `preset` (LoRA: of the active adapters only)."""
+        lora_of = _lora_adapter(name)
+        if lora_of is not None:
+            active = {self.active} | ({SHARED_RL} if self.rl_enabled else set())
+            return lora_of in active and preset != "head"
+        if preset == "full" or name.startswith("noise_prior."):
+            return True
+        n_layers = self.model.config.lm_layers
+        last = tuple(f"lm.layers.{i}." for i in range(max(0, n_layers - self.cfg.last_k_blocks),
+                                                       n_layers))
+        is_norm = "norm" in name or "layernorm" in name
+        return (name.startswith("head.") and preset != "adapters") \
+            or (is_norm and preset == "adapters+head+norms") \
+            or (preset == "adapters+last_k_blocks+head" and name.startswith(last))
+
+    def base_keys_of(self, preset: str) -> set[str]:
+        """The base (non-LoRA) tensors a version written under `preset` carries."""
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+        return {n for n, _ in self.model.named_parameters()
+                if _lora_adapter(n) is None and self._trains(n, preset)}
+
     def set_preset(self, preset: str) -> list[str]:
-        """Set requires_grad for the preset; returns the names of the trainable tensors."""
+        """Set requires_grad for the preset; returns the names of the trainable tensors.
+
+        The first time a base tensor joins the trainable set its value is kept (it has not
+        been trained yet: the SFT value), so that loading a version written under a narrower
+        preset can give back the SFT values of the tensors that version did not train (for
+        `full`, a second copy of the weights)."""
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
         self.cfg.preset = preset
-        n_layers = self.model.config.lm_layers
-        last = {f"lm.layers.{i}." for i in range(max(0, n_layers - self.cfg.last_k_blocks),
-                                                  n_layers)}
-        active = {self.active} | ({SHARED_RL} if self.rl_enabled else set())
         names, base = [], set()
         for name, p in self.model.named_parameters():
-            lora_of = _lora_adapter(name)
-            if lora_of is not None:
-                train = lora_of in active and preset != "head"
-            elif preset == "full" or name.startswith("noise_prior."):
-                train = True
-            else:
-                in_head = name.startswith("head.")
-                is_norm = "norm" in name or "layernorm" in name
-                train = (in_head and preset != "adapters") \
-                    or (is_norm and preset == "adapters+head+norms") \
-                    or (preset == "adapters+last_k_blocks+head" and any(
-                        name.startswith(p) for p in last))
+            train = self._trains(name, preset)
             p.requires_grad_(train)
             if train:
                 names.append(name)
-                if lora_of is None:
+                if _lora_adapter(name) is None:
                     base.add(name)
+                    if name not in self.sft_base:
+                        self.sft_base[name] = p.detach().clone()
         self.base_keys = base          # base tensors that belong to an exported version
         return names
 
@@ -170,18 +181,45 @@ class AdaptedPolicy:
                 out[name] = p.detach()
         return out
 
-    def load_adapter_state(self, state: dict[str, torch.Tensor], adapter: str | None = None,
-                           what: str = "adapter") -> None:
-        """Copy `state` into the live tensors in place; strict: nothing is written on error."""
+    def check_adapter_state(self, state: dict[str, torch.Tensor], adapter: str | None = None,
+                            what: str = "adapter", preset: str | None = None) -> set[str]:
+        """Raise ValueError unless `state`, a version written under `preset` (default: this
+        policy's), can be loaded; returns the base tensors it lacks (they get SFT values).
+
+        The state must hold exactly the adapter's LoRA tensors and the base tensors `preset`
+        trains, finite. A narrower preset than this policy's is accepted (the trainable set was
+        widened by config since that version was written). A wider one is refused: this policy
+        would neither run nor carry the tensors only that preset trains."""
         adapter = adapter or self.active
-        expected = self.adapter_state(adapter)
-        check_state_dict(expected, state, what)
+        preset = preset or self.cfg.preset
+        theirs = self.base_keys_of(preset)
+        extra = sorted(theirs - self.base_keys)
+        if extra:
+            raise ValueError(f"{what} was written under preset {preset!r}, which trains tensors "
+                             f"that preset {self.cfg.preset!r} does not ({extra[:3]}"
+                             f"{' ...' if len(extra) > 3 else ''}); run a preset at least as "
+                             f"wide as {preset!r}")
+        untouched = self.base_keys - theirs
+        check_state_dict({k: v for k, v in self.adapter_state(adapter).items()
+                          if k not in untouched}, state, what)
         bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
         if bad:
             raise ValueError(f"{what} has non-finite values in {bad[:5]}")
+        return untouched
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor], adapter: str | None = None,
+                           what: str = "adapter", preset: str | None = None) -> None:
+        """Copy `state` (checked by `check_adapter_state`) into the live tensors in place; base
+        tensors its preset did not train get their SFT values back. Nothing is written on
+        error."""
+        adapter = adapter or self.active
+        untouched = self.check_adapter_state(state, adapter, what, preset)
+        live = self.adapter_state(adapter)
         with torch.no_grad():
             for k, v in state.items():
-                expected[k].copy_(v.to(expected[k].dtype))
+                live[k].copy_(v.to(live[k].dtype))
+            for k in untouched:
+                live[k].copy_(self.sft_base[k].to(live[k].device))
 
 
 def _lora_adapter(param_name: str) -> str | None:

@@ -29,6 +29,7 @@ class PreparedSwap:
     sha256: str
     state: dict[str, torch.Tensor]
     load_ms: float
+    preset: str | None = None       # the preset it was written under (None: the policy's own)
 
 
 class PolicyRuntime:
@@ -84,14 +85,10 @@ class PolicyRuntime:
         if meta.get("adapter") != adapter or int(meta.get("version", -1)) != version:
             raise ValueError(f"{path} holds {meta.get('adapter')} v{meta.get('version')}, not "
                              f"{adapter} v{version}")
-        if meta.get("preset", self.policy.cfg.preset) != self.policy.cfg.preset:
-            raise ValueError(f"{path} was trained with preset {meta.get('preset')!r}; this "
-                             f"policy runs {self.policy.cfg.preset!r}")
-        # Key/shape/finiteness check against the live tensors, still without the lock.
-        from .checkpoint import check_state_dict
-        check_state_dict(self.policy.adapter_state(adapter), state, f"adapter {path}")
+        # Preset/key/shape/finiteness check against the live tensors, still without the lock.
+        self.policy.check_adapter_state(state, adapter, f"adapter {path}", meta.get("preset"))
         return PreparedSwap(adapter, version, path, meta["sha256"], state,
-                            (time.perf_counter() - t0) * 1e3)
+                            (time.perf_counter() - t0) * 1e3, meta.get("preset"))
 
     def apply_swap(self, prepared: PreparedSwap) -> float:
         """In-place copy under the lock, between two chunks; returns the time the lock was held."""
@@ -99,6 +96,6 @@ class PolicyRuntime:
             t0 = time.perf_counter()
             self.policy.load_adapter_state(
                 {k: v.to(self.device) for k, v in prepared.state.items()}, prepared.adapter,
-                what=f"adapter {prepared.path}")
+                what=f"adapter {prepared.path}", preset=prepared.preset)
             self.versions[prepared.adapter] = prepared.version
             return (time.perf_counter() - t0) * 1e3

@@ -6,11 +6,16 @@ Serves      restore_adapter (SelectAdapter.srv): learning goes on from a stored 
             and published like any update. The regression guard and the panel's rollback use it.
 Publishes   adapter_update (AdapterUpdate, latched, one per task): path + version + sha256 of the
             newest version, with the update's metrics; learner_metrics.csv in the adapter root.
-At start it resumes from the newest complete version on disk (writing v0000 = the SFT start when
-there is none) and rescans the rollout store for complete groups of that version not yet learned
-from. Groups of an older version are dropped (stale); updates run in a worker thread, on CUDA
-when available. A version is written atomically (meta.json last), so a learner killed mid-write
-leaves the previous version as the newest complete one.
+At start it resumes from the newest complete version on disk that loads (writing v0000 = the SFT
+start when there is none; refusing to start when there are versions and none loads, rather than
+hand the robot the SFT start again) and rescans the rollout store for complete groups of that
+version not yet learned from. Groups of an older version are dropped (stale); updates run in a
+worker thread, on CUDA when available. A version is written atomically (meta.json last), so a
+learner killed mid-write leaves the previous version as the newest complete one.
+Widening the trainable set is a config change (`trainable_preset`, e.g. adapters ->
+adapters+head+norms, with the policy node's): restarted, the learner goes on from the newest
+version, written under the narrower preset, with the SFT values for what that version did not
+train.
 """
 from __future__ import annotations
 
@@ -108,17 +113,23 @@ class LearnerNode(Node):
     def resume(self, task: str) -> None:
         versions = list_versions(self.root, task)
         self.policy.activate(task)
-        loaded = None
+        loaded, errors = None, []
         for v in reversed(versions):                    # newest version that reads back intact
             try:
                 state, meta = read_adapter_version(version_dir(self.root, task, v), self.root)
-                self.policy.load_adapter_state(state, task)
+                self.policy.load_adapter_state(state, task, preset=meta.get("preset"))
                 loaded = v
                 break
             except ValueError as e:
+                errors.append(f"v{v}: {e}")
                 self.get_logger().error(f"skipping {task} v{v}: {e}")
+        if loaded is None and versions:
+            # Starting over from the SFT start would hand the robot a policy without what was
+            # learned; say why instead (e.g. a preset narrower than the stored versions').
+            raise RuntimeError(f"no stored version of {task} under {self.root} loads; keeping "
+                               f"them all and not starting. Newest first: {errors[:3]}")
         if loaded is None:
-            loaded = (versions[-1] + 1) if versions else 0
+            loaded = 0
             save_adapter_version(self.policy, self.root, loaded, parent=None)
         self.versions[task] = loaded
         self.learned = {line.split(",")[2] for line in self._metric_lines()}
@@ -201,12 +212,13 @@ class LearnerNode(Node):
         if task not in self.tasks:
             return False, f"unknown task {task!r}; this learner serves {self.tasks}"
         with self.lock:
-            try:
-                state, _ = read_adapter_version(version_dir(self.root, task, source), self.root)
+            try:       # a bad file or a wider preset's version: refused, nothing written
+                state, meta = read_adapter_version(version_dir(self.root, task, source),
+                                                   self.root)
+                self.policy.activate(task)
+                self.policy.load_adapter_state(state, task, preset=meta.get("preset"))
             except ValueError as e:
                 return False, f"cannot restore {task} v{source}: {e}"
-            self.policy.activate(task)
-            self.policy.load_adapter_state(state, task)
             version = max(list_versions(self.root, task) + [self.versions[task]]) + 1
             metrics = {"restored_from": float(source)}
             save_adapter_version(self.policy, self.root, version, source, metrics)
