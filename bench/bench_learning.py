@@ -72,7 +72,8 @@ def child(args) -> None:
                              group_init_noise=bool(args.group_init_noise),
                              shuffle_rewards=bool(args.shuffle_rewards),
                              eval_draws=args.eval_draws, noise_prior=bool(args.noise_prior),
-                             progress_weight=args.progress_weight)
+                             progress_weight=args.progress_weight,
+                             explore_window=args.explore_window)
     out = Path(args.child_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
@@ -155,7 +156,7 @@ def aggregate(runs: list[dict], name: str, group_key: str) -> dict:
             "sft_checkpoint_success", "cell", "updates", "heldout", "kept_version",
             "kept_episodes", "kept_success", "heldout_kept_success", "sampler", "init_sampling",
             "state_outcomes", "group_init_noise", "shuffle_rewards", "eval_draws",
-            "eval_draw_success", "noise_prior")
+            "eval_draw_success", "noise_prior", "progress_weight", "explore_window")
     return {"name": name, "group_key": group_key, "summary": summary,
             "runs": [{k: r.get(k) for k in keep} for r in runs]}
 
@@ -243,6 +244,9 @@ def main() -> None:
     grp.add_argument("--progress-weight", type=float, default=0.0,
                      help="reward of a failure = this x its progress (Meta-World's shaped "
                           "reward / 10, the episode's best); 0: the success bit alone")
+    grp.add_argument("--explore-window", type=int, default=0,
+                     help="W > 0: each group explores in W decisions only (drawn per group), "
+                          "deterministic elsewhere, x_K shared in the group (metaworld_grpo)")
     grp.add_argument("--init-sampling", default="informative", choices=SAMPLING_MODES,
                      help="how each update draws its init states (core/init_states.py)")
     grp.add_argument("--state-rollouts", type=int, default=0,
@@ -259,6 +263,8 @@ def main() -> None:
         return
     require_positive(ap, args, ("jobs", "episodes", "groups_per_update", "cell", "heldout",
                                 "eval_every", "eval_draws", "epochs", "minibatch"))
+    if args.explore_window < 0:
+        ap.error(f"--explore-window must be >= 0, got {args.explore_window}")
     from tinyvla_grpo_ros.core.grpo import outcome_reward
     for preset in args.presets:     # bad learner settings: refused now, not in every run
         try:
@@ -277,7 +283,7 @@ def main() -> None:
               "init_sampling", "loss_aggregation", "state_rollouts", "init_noise_scale",
               "group_init_noise", "ratio", "elbo_samples",
               "negative_advantage_scale", "shuffle_rewards", "eval_draws", "noise_prior",
-              "noise_prior_lr_scale", "progress_weight"):
+              "noise_prior_lr_scale", "progress_weight", "explore_window"):
         passthrough += [f"--{a.replace('_', '-')}", str(getattr(args, a))]
     t0 = time.time()
     ckpts = {t: str(sft_checkpoint(t, args)) for t in args.tasks}

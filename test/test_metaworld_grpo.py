@@ -204,3 +204,69 @@ def test_records_carry_the_progress_reward_and_the_null_experiment_moves_it_with
     for _ in range(5):
         credit_at_random(eps, 3, rng)
         assert {(e.success, e.progress) for e in eps} == pairs
+
+
+def test_explore_window_makes_a_group_one_episode_outside_it_and_records_only_inside():
+    model, sampler, scenes = x_k_setup(4)
+    for s in scenes:
+        s.max_steps = 16                                 # four decisions of 4 steps
+    windows = [range(1, 3)] * 2 + [range(0, 1)] * 2      # two groups of two
+    eps = run_lockstep(scenes, model, sampler, [7, 7, 9, 9], False,
+                       torch.Generator().manual_seed(0), record=True, shared_init_noise=2,
+                       explore=windows)
+    assert [len(e.frames) for e in eps] == [2, 2, 1, 1]
+    # group 0 is one deterministic episode up to decision 1: its first explored frame is the same
+    assert torch.equal(eps[0].frames[0]["images"], eps[1].frames[0]["images"])
+    # inside the window the scored steps are each rollout's own, and they re-score to ratio 1
+    assert not torch.equal(eps[0].frames[0]["chains"][-1], eps[1].frames[0]["chains"][-1])
+    eps[0].success, eps[1].success = True, False
+    recs = to_records(eps[:2], "g0", "reach-v3", "reach-v3", 0, scenes[0].instruction, 4)
+    learner = GRPOLearner(AdaptedPolicy(model, AdapterConfig(preset="head"), ["reach-v3"]),
+                          sampler, GRPOConfig(group_size=2, epochs=1, device="cpu"))
+    stats = learner.update([recs])
+    assert stats.chunks == 4 and stats.first_ratio_max_dev < 1e-4
+    # outside a window the chunk is the deterministic one: a window that never opens gives the
+    # deterministic episode, step for step
+    det = run_lockstep(scenes[:1], model, sampler, [7], True, torch.Generator(),
+                       noise_key=3)
+    none = run_lockstep(scenes[:1], model, sampler, [7], False, torch.Generator(),
+                        record=True, explore=[range(0)], noise_key=3)
+    assert none[0].frames == [] and none[0].steps == det[0].steps
+    assert none[0].progress == det[0].progress and none[0].success == det[0].success
+    with pytest.raises(ValueError, match="window"):
+        run_lockstep(scenes, model, sampler, [7, 7], False, torch.Generator(),
+                     explore=[range(1)])
+    for s in scenes:
+        s.close()
+
+
+def test_an_episode_that_ended_before_its_window_counts_in_the_baseline_and_adds_no_chunk():
+    from tinyvla_grpo_ros.core.learner import UpdateStats, build_batch
+    from tinyvla_grpo_ros.sim.metaworld_grpo import LockstepEpisode
+    frame = {"images": torch.zeros(1, 8, 8, 3, dtype=torch.uint8), "states": torch.zeros(9),
+             "chains": torch.zeros(2, 16, 4), "log_probs": torch.zeros(1)}
+    eps = [LockstepEpisode(7, success=True, frames=[frame, frame]),
+           LockstepEpisode(7, success=False, frames=[frame, frame]),
+           LockstepEpisode(7, success=True)]                 # no explored decision
+    recs = to_records(eps, "g", "t", "t", 0, "i", 4)
+    assert recs[2].num_chunks == 0 and recs[2].reward == 1.0
+    b = build_batch([recs], GRPOConfig(group_size=3, device="cpu"), UpdateStats())
+    # rewards 1, 0, 1: A = (r - 2/3) / sqrt(2/9), the empty episode's reward in the mean
+    assert b.advantages.tolist() == pytest.approx([2 ** -0.5] * 2 + [-(2 ** 0.5)] * 2, rel=1e-5)
+
+
+def test_runner_explores_in_windows_of_decisions_and_refuses_a_window_longer_than_an_episode(
+        tmp_path):
+    from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
+    from tinyvla_grpo_ros.sim.metaworld_grpo import run_metaworld_grpo
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
+    ckpt = save_checkpoint(tmp_path / "sft", TinyVLAPolicy(cfg), SamplerConfig(executed_steps=4))
+    kw = dict(preset="head", grpo=GRPOConfig(group_size=2, epochs=1, device="cpu"),
+              groups_per_update=2, pool_size=2, heldout=1, log=lambda s: None, max_steps=8)
+    res = run_metaworld_grpo(ckpt, "reach-v3", episodes=8, explore_window=1, **kw)
+    assert res["explore_window"] == 1 and len(res["updates"]) == 2
+    # one explored decision per episode: at most 2 groups x 2 episodes x 1 chunk per update
+    assert all(u["chunks"] <= 4 for u in res["updates"])
+    with pytest.raises(ValueError, match="explore_window"):
+        run_metaworld_grpo(ckpt, "reach-v3", episodes=8, explore_window=3, **kw)   # 2 decisions

@@ -161,11 +161,8 @@ class Batch:
         return self.chains.shape[0]
 
     def select(self, idx: torch.Tensor) -> Batch:
-        il = idx.tolist()
-        return Batch(Observation(self.obs.images[idx], self.obs.state[idx],
-                                 [self.obs.instruction[i] for i in il]),
-                     self.chains[idx], self.logp_old[idx], self.executed[idx],
-                     self.advantages[idx], self.weights[idx],
+        return Batch(self.obs.select(idx), self.chains[idx], self.logp_old[idx],
+                     self.executed[idx], self.advantages[idx], self.weights[idx],
                      None if self.elbo_t is None else self.elbo_t[idx],
                      None if self.elbo_noise is None else self.elbo_noise[idx],
                      None if self.chain_logp_old is None else self.chain_logp_old[idx])
@@ -185,6 +182,8 @@ def build_batch(groups: list[list[EpisodeRecord]], cfg: GRPOConfig, stats: Updat
             stats.groups_skipped += 1
             continue
         for ep, a in zip(group, adv):
+            if ep.num_chunks == 0:      # counts in its group's baseline, has nothing to score
+                continue
             t = ep.tensors
             C = t["chains"].shape[0]
             u = 1.0 / C if cfg.loss_aggregation == "episode" else 1.0

@@ -40,6 +40,11 @@ class Observation:
         return Observation(self.images.repeat_interleave(n, 0), self.state.repeat_interleave(n, 0),
                            [s for s in self.instruction for _ in range(n)])
 
+    def select(self, idx: torch.Tensor) -> Observation:
+        """The samples at indices idx (n,), in that order."""
+        return Observation(self.images[idx], self.state[idx],
+                           [self.instruction[i] for i in idx.tolist()])
+
     def __len__(self) -> int:
         return self.images.shape[0]
 

@@ -24,6 +24,13 @@ With `state_rollouts` = n > 0, each cell state also gets n stochastic rollouts a
 and at the last version: how many states the policy never, sometimes or always solves
 (core/init_states.outcome_classes). GRPO from outcome rewards learns only on the "sometimes"
 states, so the SFT split bounds what it can lift within a budget.
+
+With `explore_window` = W > 0, each group explores in a window of W decisions only, drawn per
+group, and takes the deterministic chunk everywhere else, its G rollouts sharing x_K at every
+decision (common random numbers): they are one episode until the window, and their outcomes
+differ only through the scored noise inside it. GRPO then credits the W chunks whose noise made
+the difference, not all of an episode's chunks, and improves the deterministic policy that the
+evaluation measures. Measured in the README ("Variants tried").
 """
 from __future__ import annotations
 
@@ -62,7 +69,8 @@ class LockstepEpisode:
 def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
                  init_ids: list[int], deterministic: bool, generator: torch.Generator,
                  record: bool = False, shared_init_noise: int = 0,
-                 noise_key: int | None = None) -> list[LockstepEpisode]:
+                 noise_key: int | None = None, explore: list[range] | None = None
+                 ) -> list[LockstepEpisode]:
     """One episode per init id, scene i running init_ids[i]; batched decisions.
 
     shared_init_noise = G > 0: episodes i // G (a group) share x_K at each decision index, so
@@ -73,13 +81,22 @@ def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
     the state and the decision, not to the batch: two evaluations with the same key meet the same
     x_K in every state at every decision, whichever other episodes ran beside them or ended
     earlier. Without it, x_K comes from `generator` for the episodes still running, so once two
-    versions end an episode at different steps, the later draws fall to other states."""
+    versions end an episode at different steps, the later draws fall to other states.
+
+    explore = [range, ...] (one per episode, with deterministic=False): episode i samples
+    stochastically, and records, only at the decision indices in explore[i]; at every other
+    decision it takes the deterministic (mean-chain) chunk, the one an evaluation takes. With
+    shared_init_noise, the G rollouts of a group are then one and the same episode up to the
+    window and differ only through the scored noise inside it."""
     if len(init_ids) > len(scenes):
         raise ValueError(f"{len(init_ids)} episodes need as many scenes, have {len(scenes)}")
     if shared_init_noise < 0:
         raise ValueError(f"shared_init_noise is a group size (0 = off), got {shared_init_noise}")
     if shared_init_noise and noise_key is not None:
         raise ValueError("shared_init_noise and noise_key both choose x_K: pass one of them")
+    if explore is not None and (deterministic or len(explore) != len(init_ids)):
+        raise ValueError("explore gives each episode of a stochastic run its window: "
+                         f"{len(init_ids)} windows, deterministic=False")
     eps = [LockstepEpisode(i) for i in init_ids]
     for scene, i in zip(scenes, init_ids):
         scene.reset(i)
@@ -99,16 +116,28 @@ def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
         elif noise_key is not None:
             init_noise = paired_init_noise(noise_key, [init_ids[k] for k in active], decision,
                                            (model.config.horizon, model.config.action_dim))
+        if explore is None:
+            splits = [(torch.arange(len(active)), deterministic)]
+        else:
+            mask = torch.tensor([decision in explore[k] for k in active])
+            splits = [(mask.nonzero().squeeze(1), False), ((~mask).nonzero().squeeze(1), True)]
         decision += 1
-        chunk = sampler.sample(model, obs, generator, deterministic=deterministic,
-                               init_noise=init_noise)
+        actions = torch.empty((len(active), model.config.horizon, model.config.action_dim))
+        for rows, det in splits:
+            if not len(rows):
+                continue
+            part = obs if len(rows) == len(active) else obs.select(rows)
+            chunk = sampler.sample(model, part, generator, deterministic=det,
+                                   init_noise=None if init_noise is None else init_noise[rows])
+            actions[rows] = chunk.actions
+            for j, row in enumerate(rows.tolist()):
+                if record and not (explore is not None and det):
+                    eps[active[row]].frames.append({
+                        "images": part.images[j], "states": part.state[j],
+                        "chains": chunk.chain[j], "log_probs": chunk.log_probs[j]})
         still = []
         for row, k in enumerate(active):
-            if record:
-                eps[k].frames.append({"images": obs.images[row], "states": obs.state[row],
-                                      "chains": chunk.chain[row],
-                                      "log_probs": chunk.log_probs[row]})
-            for a in chunk.actions[row, :n_exec].numpy():
+            for a in actions[row, :n_exec].numpy():
                 r = scenes[k].step(a)
                 if r.done:
                     eps[k].success, eps[k].steps, eps[k].progress = r.success, r.steps, \
@@ -137,14 +166,15 @@ def to_records(eps: list[LockstepEpisode], group_id: str, task: str, adapter: st
     out = []
     for j, e in enumerate(eps):
         stack = lambda k, e=e: torch.stack([f[k] for f in e.frames])  # noqa: E731
+        tensors = {"images": stack("images"), "states": stack("states"),
+                   "chains": stack("chains"), "log_probs": stack("log_probs"),
+                   "executed": torch.full((len(e.frames),), n_exec)} if e.frames else {}
         out.append(EpisodeRecord(
             episode_id=f"{group_id}-e{j}", group_id=group_id, task=task,
             init_state_id=e.init_state_id, adapter_name=adapter, adapter_version=version,
             instruction=instruction,
             reward=outcome_reward(e.success, e.progress, progress_weight), success=e.success,
-            tensors={"images": stack("images"), "states": stack("states"),
-                     "chains": stack("chains"), "log_probs": stack("log_probs"),
-                     "executed": torch.full((len(e.frames),), n_exec)}))
+            tensors=tensors))
     return out
 
 
@@ -160,8 +190,8 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
                        sampler_overrides: dict | None = None, init_sampling: str = "uniform",
                        state_rollouts: int = 0, group_init_noise: bool = False,
                        shuffle_rewards: bool = False, eval_draws: int = 1,
-                       noise_prior: bool = False, progress_weight: float = 0.0, log=print,
-                       **scene_kw) -> dict:
+                       noise_prior: bool = False, progress_weight: float = 0.0,
+                       explore_window: int = 0, log=print, **scene_kw) -> dict:
     t_start = time.time()
     check_mode(init_sampling)
     outcome_reward(False, 0.0, progress_weight)     # refuses a bad weight before any work
@@ -180,6 +210,10 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
     scenes = [MetaWorldScene(task, image_size=model.config.image_size, **scene_kw)
               for _ in range(n_scenes)]
     instruction = scenes[0].instruction
+    decisions = -(-scenes[0].max_steps // sampler.executed_steps())     # of a whole episode
+    if not 0 <= explore_window <= decisions:
+        raise ValueError(f"explore_window must be in 0..{decisions} (decisions of an episode), "
+                         f"got {explore_window}")
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     cell = [CELL_FIRST_ID + 100 * seed + i for i in range(pool_size)]
@@ -232,8 +266,14 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
     for u in range(updates):
         picks = pick_init_states(cell, latest, init_sampling, rng, groups_per_update)
         ids = [i for i in picks for _ in range(G)]
+        windows = None
+        if explore_window:          # one window per group, shared by its G rollouts
+            starts = rng.integers(0, decisions - explore_window + 1, size=len(picks))
+            windows = [range(int(s0), int(s0) + explore_window) for s0 in starts
+                       for _ in range(G)]
         eps = run_lockstep(scenes, policy.model, sampler, ids, False, gen, record=True,
-                           shared_init_noise=G if group_init_noise else 0)
+                           shared_init_noise=G if group_init_noise or explore_window else 0,
+                           explore=windows)
         latest.update(latest_groups((i, [e.success for e in eps[g * G:(g + 1) * G]])
                                     for g, i in enumerate(picks)))
         if shuffle_rewards:
@@ -301,6 +341,6 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
         "groups_per_update": groups_per_update, "lora_rank": lora_rank,
         "init_sampling": init_sampling, "group_init_noise": group_init_noise,
         "shuffle_rewards": shuffle_rewards, "noise_prior": noise_prior,
-        "progress_weight": progress_weight,
+        "progress_weight": progress_weight, "explore_window": explore_window,
         "state_outcomes": outcomes,
         "sampler": scfg.to_dict()}
