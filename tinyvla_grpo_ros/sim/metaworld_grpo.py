@@ -95,8 +95,9 @@ def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
     if shared_init_noise and noise_key is not None:
         raise ValueError("shared_init_noise and noise_key both choose x_K: pass one of them")
     if explore is not None and (deterministic or len(explore) != len(init_ids)):
-        raise ValueError("explore gives each episode of a stochastic run its window: "
-                         f"{len(init_ids)} windows, deterministic=False")
+        raise ValueError(f"explore needs deterministic=False and one window per episode "
+                         f"({len(init_ids)}), got deterministic={deterministic} and "
+                         f"{len(explore)} windows")
     eps = [LockstepEpisode(i) for i in init_ids]
     for scene, i in zip(scenes, init_ids):
         scene.reset(i)
