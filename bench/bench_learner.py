@@ -33,8 +33,7 @@ def child(kind: str, preset: str) -> dict:
     from tinyvla_grpo_ros.core.learner import GRPOConfig, GRPOLearner
     from tinyvla_grpo_ros.core.model import TinyVLAPolicy
     from tinyvla_grpo_ros.core.sampler import DiffusionSampler
-    sys.path.insert(0, "test")
-    from test_adapters_learner_store import make_groups
+    from tinyvla_grpo_ros.core.synthetic import synthetic_groups as make_groups
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)

@@ -10,7 +10,8 @@ time) and writes bench/results/runs/<out>/<task>-s<seed>-<preset>.json. Then the
 aggregated into bench/results/<out>.json (per task and seed: SFT success, final success,
 episode count, curve) and a PNG of success versus GRPO episodes; the key figures are printed
 last as name=value lines. The SFT starting point of each task is built first (cached, see
-tinyvla_grpo_ros/sim/sft_start.py).
+tinyvla_grpo_ros/sim/sft_start.py). The run, learner and sampler options are derived from
+RunConfig, GRPOConfig and SamplerConfig (`--help` lists them with the adopted defaults).
 """
 from __future__ import annotations
 
@@ -21,85 +22,59 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 from tinyvla_grpo_ros.core.adapters import PRESETS
-from tinyvla_grpo_ros.core.init_states import OUTCOME_CLASSES, SAMPLING_MODES
+from tinyvla_grpo_ros.core.config import GRPOConfig, SamplerConfig
+from tinyvla_grpo_ros.core.init_states import OUTCOME_CLASSES
+from tinyvla_grpo_ros.core.recipe import add_arguments, from_arguments, settings
+from tinyvla_grpo_ros.sim.metaworld_grpo import RunConfig
+from tinyvla_grpo_ros.sim.sft_start import task_sft_start
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 TASKS = ("reach-v3", "button-press-topdown-v3", "push-v3")
-# SFT starting point per task: (demos, steps), for a decent but clearly imperfect policy. Measured
-# (deterministic success on 20 held-out init states): button-press-topdown 60 x 3000 -> 1.00;
-# drawer-close 60 x 3000 -> 1.00 and 15 x 1500 -> 1.00 (dropped: nothing left to learn).
-SFT = {"reach-v3": (60, 3000), "button-press-topdown-v3": (10, 1000), "push-v3": (60, 3000)}
 
 
 def slug(s: str) -> str:
     return s.replace("+", "_").replace("-", "_")
 
 
-def grpo_config(args, preset: str):
-    """The learner settings of one run (GRPOConfig checks them itself)."""
-    from tinyvla_grpo_ros.core.learner import GRPOConfig
-    return GRPOConfig(group_size=args.group_size, lr=args.lr, epochs=args.epochs,
-                      minibatch_size=args.minibatch, micro_batch_size=args.minibatch,
-                      kl_coef=args.kl_coef if preset == "adapters" else 0.0,
-                      target_kl=args.target_kl, warmup_steps=args.warmup_steps,
-                      base_lr_scale=args.base_lr_scale,
-                      loss_aggregation=args.loss_aggregation, ratio=args.ratio,
-                      elbo_samples=args.elbo_samples,
-                      negative_advantage_scale=args.negative_advantage_scale,
-                      noise_prior_lr_scale=args.noise_prior_lr_scale, device="cpu")
+def run_spec(args, preset: str) -> dict:
+    """Everything one run needs, from the recipe options (each checks itself here, in the
+    parent, before minutes of SFT and rollouts). The KL to the SFT reference exists for the
+    adapters preset only (the reference is the model with adapters disabled)."""
+    grpo = from_arguments(GRPOConfig, args, device="cpu",
+                          kl_coef=args.kl_coef if preset == "adapters" else 0.0)
+    run = from_arguments(RunConfig, args, preset=preset)
+    sampler = {f.name: getattr(args, f.name) for f in settings(SamplerConfig, SamplerConfig.RECIPE)
+               if hasattr(args, f.name)}           # the checkpoint's values unless given
+    SamplerConfig(**sampler)                       # checks the overrides' ranges
+    return {"grpo": asdict(grpo), "run": asdict(run), "sampler": sampler}
 
 
 def child(args) -> None:
     import torch
     torch.set_num_threads(1)
     from tinyvla_grpo_ros.sim.metaworld_grpo import run_metaworld_grpo
-    grpo = grpo_config(args, args.child_preset)
-    res = run_metaworld_grpo(args.child_ckpt, args.child_task, args.child_seed, args.episodes,
-                             args.child_preset, grpo, args.groups_per_update, args.cell,
-                             args.heldout, args.eval_every,
-                             sampler_overrides={"stochastic_steps": args.stochastic_steps,
-                                                "min_sampling_std": args.noise_std,
-                                                "min_logprob_std": args.noise_std,
-                                                "init_noise_scale": args.init_noise_scale},
-                             log=lambda s: print(s, file=sys.stderr, flush=True),
-                             goal_marker_radius=args.goal_marker_radius,
-                             init_sampling=args.init_sampling,
-                             state_rollouts=args.state_rollouts,
-                             group_init_noise=bool(args.group_init_noise),
-                             shuffle_rewards=bool(args.shuffle_rewards),
-                             eval_draws=args.eval_draws, noise_prior=bool(args.noise_prior),
-                             progress_weight=args.progress_weight,
-                             explore_window=args.explore_window)
+    spec = json.loads(args.child_spec)
+    res = run_metaworld_grpo(args.child_ckpt, args.child_task, args.child_seed,
+                             RunConfig(**spec["run"]), GRPOConfig(**spec["grpo"]),
+                             sampler_overrides=spec["sampler"],
+                             log=lambda s: print(s, file=sys.stderr, flush=True))
     out = Path(args.child_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
 
 
-def require_positive(ap: argparse.ArgumentParser, args, names: tuple[str, ...]) -> None:
-    """Refuse counts below 1 at once, before minutes of SFT and rollouts, not after them."""
-    for name in names:
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-
-
-def sft_checkpoint(task: str, args) -> Path:
-    from tinyvla_grpo_ros.sim.sft_start import build_sft_start
-    demos, steps = (args.demos, args.sft_steps) if args.demos else SFT.get(task, (60, 3000))
-    return build_sft_start(task, demos, steps, cache=ROOT / "cache" / "sft",
-                           goal_marker_radius=args.goal_marker_radius)
-
-
-def run_one(job: dict, args, passthrough: list[str]) -> dict:
+def run_one(job: dict, args) -> dict:
     out = Path(job["out"])
     if out.is_file() and not args.rerun:
         return json.loads(out.read_text())
     cmd = [sys.executable, __file__, "--child-task", job["task"], "--child-seed",
-           str(job["seed"]), "--child-preset", job["preset"], "--child-ckpt", job["ckpt"],
-           "--child-out", str(out)] + passthrough
+           str(job["seed"]), "--child-ckpt", job["ckpt"], "--child-out", str(out),
+           "--child-spec", json.dumps(job["spec"])]
     log = out.with_suffix(".log")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
@@ -149,16 +124,9 @@ def aggregate(runs: list[dict], name: str, group_key: str) -> dict:
                 for c in OUTCOME_CLASSES:
                     summary[k][f"{when}_states_{c}_fraction"] = sum(
                         r["state_outcomes"][f"{when}_classes"][c] for r in rs) / n
-    keep = ("task", "seed", "preset", "sft_success", "final_success", "best_success",
-            "episodes", "heldout_sft_success", "heldout_final_success", "curve",
-            "explore_curve", "versions", "wall_seconds", "learner_seconds_per_update",
-            "trainable_params", "update_rss_growth_mb", "grpo", "groups_per_update",
-            "sft_checkpoint_success", "cell", "updates", "heldout", "kept_version",
-            "kept_episodes", "kept_success", "heldout_kept_success", "sampler", "init_sampling",
-            "state_outcomes", "group_init_noise", "shuffle_rewards", "eval_draws",
-            "eval_draw_success", "noise_prior", "progress_weight", "explore_window")
+    drop = ("checkpoint", "learner_seconds")          # per-machine paths and raw totals
     return {"name": name, "group_key": group_key, "summary": summary,
-            "runs": [{k: r.get(k) for k in keep} for r in runs]}
+            "runs": [{k: v for k, v in r.items() if k not in drop} for r in runs]}
 
 
 def plot(result: dict, path: Path, title: str) -> None:
@@ -195,104 +163,45 @@ def main() -> None:
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--presets", nargs="+", default=["adapters+head+norms"], choices=PRESETS)
+    ap.add_argument("--presets", nargs="+", default=[RunConfig.preset], choices=PRESETS)
     ap.add_argument("--out", default="learning", help="results name under bench/results")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
     ap.add_argument("--rerun", action="store_true", help="ignore finished runs on disk")
     ap.add_argument("--quick", action="store_true", help="one short run (make bench)")
-    ap.add_argument("--demos", type=int, default=0, help="SFT demos (0: per task, SFT above)")
+    ap.add_argument("--demos", type=int, default=0, help="SFT demos (0: per task, TASK_SFT)")
     ap.add_argument("--sft-steps", type=int, default=3000, help="SFT steps, with --demos")
-    ap.add_argument("--goal-marker-radius", type=float, default=0.04)
-    grp = ap.add_argument_group("per run (passed to each run)")
-    grp.add_argument("--episodes", type=int, default=384)
-    grp.add_argument("--group-size", type=int, default=8)
-    grp.add_argument("--groups-per-update", type=int, default=2)
-    grp.add_argument("--cell", type=int, default=30, help="init states in the task's cell")
-    grp.add_argument("--heldout", type=int, default=20)
-    grp.add_argument("--eval-every", type=int, default=4, help="updates between evaluations")
-    grp.add_argument("--eval-draws", type=int, default=2,
-                     help="x_K draws each evaluation averages (paired: the same draws for "
-                          "every version of a run)")
-    grp.add_argument("--lr", type=float, default=1e-3, help="LoRA lr (Adam)")
-    grp.add_argument("--epochs", type=int, default=4)
-    grp.add_argument("--minibatch", type=int, default=128)
-    grp.add_argument("--kl-coef", type=float, default=0.0)
-    grp.add_argument("--target-kl", type=float, default=0.05)
-    grp.add_argument("--warmup-steps", type=int, default=10)
-    grp.add_argument("--stochastic-steps", type=int, default=3, help="K': noisy denoising steps")
-    grp.add_argument("--noise-std", type=float, default=0.1, help="sampling/scoring std floor")
-    grp.add_argument("--init-noise-scale", type=float, default=1.0,
-                     help="x_K ~ N(0, s^2): < 1 leaves more of the randomness to the scored steps")
-    grp.add_argument("--group-init-noise", type=int, default=0, choices=(0, 1),
-                     help="1: a group's G rollouts share x_K at each decision index")
-    grp.add_argument("--noise-prior", type=int, default=0, choices=(0, 1),
-                     help="1: x_K ~ N(mu(c), s^2) with a learned mean, scored like a step "
-                          "(core/sampler.py)")
-    grp.add_argument("--noise-prior-lr-scale", type=float, default=0.3,
-                     help="lr of the noise prior as a fraction of --lr")
-    grp.add_argument("--loss-aggregation", default="chunk", choices=("chunk", "episode"),
-                     help="mean over chunks, or every episode weighs the same (core/grpo.py)")
-    grp.add_argument("--ratio", default="chain", choices=("chain", "elbo"),
-                     help="what the clipped ratio compares (core/learner.py, point 6)")
-    grp.add_argument("--elbo-samples", type=int, default=4,
-                     help="(t, noise) draws per chunk for --ratio elbo")
-    grp.add_argument("--negative-advantage-scale", type=float, default=1.0,
-                     help="x negative advantages (0: learn from a group's better episodes only)")
-    grp.add_argument("--shuffle-rewards", type=int, default=0, choices=(0, 1),
-                     help="1: the null experiment: each group's outcomes are credited to its "
-                          "episodes in a random order (how far updates alone move success)")
-    grp.add_argument("--progress-weight", type=float, default=0.0,
-                     help="reward of a failure = this x its progress (Meta-World's shaped "
-                          "reward / 10, the episode's best); 0: the success bit alone")
-    grp.add_argument("--explore-window", type=int, default=0,
-                     help="W > 0: each group explores in W decisions only (drawn per group), "
-                          "deterministic elsewhere, x_K shared in the group (metaworld_grpo)")
-    grp.add_argument("--init-sampling", default="informative", choices=SAMPLING_MODES,
-                     help="how each update draws its init states (core/init_states.py)")
-    grp.add_argument("--state-rollouts", type=int, default=0,
-                     help="stochastic rollouts per cell state at SFT and at the last version: "
-                          "how many states are never / sometimes / always solved (0 = skip)")
-    grp.add_argument("--base-lr-scale", type=float, default=0.03,
-                     help="lr of head and norms as a fraction of --lr")
-    for a in ("task", "seed", "preset", "ckpt", "out"):
+    add_arguments(ap.add_argument_group("run (sim/metaworld_grpo.RunConfig)"), RunConfig,
+                  skip=("preset",))
+    add_arguments(ap.add_argument_group("learner (core/config.GRPOConfig)"), GRPOConfig,
+                  skip=("device",))
+    add_arguments(ap.add_argument_group("sampler (core/config.SamplerConfig)"), SamplerConfig,
+                  only=SamplerConfig.RECIPE, default_from="the SFT checkpoint's")
+    for a in ("task", "seed", "ckpt", "out", "spec"):
         ap.add_argument(f"--child-{a}", help=argparse.SUPPRESS,
                         type=int if a == "seed" else str)
     args = ap.parse_args()
     if args.child_task:
         child(args)
         return
-    require_positive(ap, args, ("jobs", "episodes", "groups_per_update", "cell", "heldout",
-                                "eval_every", "eval_draws", "epochs", "minibatch"))
-    if args.explore_window < 0:
-        ap.error(f"--explore-window must be >= 0, got {args.explore_window}")
-    from tinyvla_grpo_ros.core.grpo import outcome_reward
-    for preset in args.presets:     # bad learner settings: refused now, not in every run
-        try:
-            grpo_config(args, preset)
-            outcome_reward(False, 0.0, args.progress_weight)
-        except ValueError as e:
-            ap.error(str(e))
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.quick:
         args.tasks, args.seeds, args.out, args.rerun = ["reach-v3"], [0], "learning_quick", True
         args.demos, args.sft_steps, args.episodes, args.cell, args.heldout = 8, 300, 32, 8, 4
         args.eval_every = 1
-    passthrough = []
-    for a in ("episodes", "group_size", "groups_per_update", "cell", "heldout", "eval_every",
-              "lr", "epochs", "minibatch", "kl_coef", "target_kl", "warmup_steps",
-              "base_lr_scale", "stochastic_steps", "noise_std", "goal_marker_radius",
-              "init_sampling", "loss_aggregation", "state_rollouts", "init_noise_scale",
-              "group_init_noise", "ratio", "elbo_samples",
-              "negative_advantage_scale", "shuffle_rewards", "eval_draws", "noise_prior",
-              "noise_prior_lr_scale", "progress_weight", "explore_window"):
-        passthrough += [f"--{a.replace('_', '-')}", str(getattr(args, a))]
+    try:           # bad settings: refused now, not in every run after minutes of SFT
+        specs = {p: run_spec(args, p) for p in args.presets}
+    except ValueError as e:
+        ap.error(str(e))
     t0 = time.time()
-    ckpts = {t: str(sft_checkpoint(t, args)) for t in args.tasks}
+    ckpts = {t: str(task_sft_start(t, ROOT / "cache" / "sft", args.goal_marker_radius,
+                                   args.demos, args.sft_steps)) for t in args.tasks}
     run_dir = RESULTS / "runs" / args.out
-    jobs = [{"task": t, "seed": s, "preset": p, "ckpt": ckpts[t],
+    jobs = [{"task": t, "seed": s, "spec": specs[p], "ckpt": ckpts[t],
              "out": str(run_dir / f"{t}-s{s}-{slug(p)}.json")}
             for t in args.tasks for p in args.presets for s in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda j: run_one(j, args, passthrough), jobs))
+        runs = list(pool.map(lambda j: run_one(j, args), jobs))
     key = "preset" if len(args.presets) > 1 else "task"
     result = aggregate(runs, args.out, key)
     result["command"] = " ".join([Path(sys.argv[0]).name] + sys.argv[1:])

@@ -2,7 +2,8 @@
 import torch
 
 from tinyvla_grpo_ros.core.config import ModelConfig
-from tinyvla_grpo_ros.core.model import Observation, TinyVLAPolicy
+from tinyvla_grpo_ros.core.model import TinyVLAPolicy
+from tinyvla_grpo_ros.core.synthetic import random_obs  # noqa: F401  (the tests' import)
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -17,12 +18,3 @@ def tiny_config(**overrides) -> ModelConfig:
 def tiny_model(seed: int = 0, **overrides) -> TinyVLAPolicy:
     torch.manual_seed(seed)
     return TinyVLAPolicy(tiny_config(**overrides)).eval()
-
-
-def random_obs(cfg: ModelConfig, B: int = 3, seed: int = 0) -> Observation:
-    g = torch.Generator().manual_seed(seed)
-    return Observation(
-        torch.randint(0, 256, (B, cfg.num_cameras, cfg.image_size, cfg.image_size, 3),
-                      generator=g, dtype=torch.uint8),
-        torch.randn((B, cfg.state_dim), generator=g),
-        ["pick the red block", "push", "open the drawer ✓"][:B] + ["x"] * max(0, B - 3))

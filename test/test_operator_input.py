@@ -1,7 +1,7 @@
 """Joy edge detection and hold-to-confirm for the operator's gamepad or foot pedal."""
 import pytest
 
-from tinyvla_grpo_ros.operator_input import JoyMarker
+from tinyvla_grpo_ros.core.operator_input import JoyMarker
 
 
 def test_rising_edge_fires_once_per_press():

@@ -1,8 +1,7 @@
 """Named LoRA adapters over peft, trainable-set presets, and adapter versions on disk.
 
-One adapter per task (isolated: training task A never touches task B's tensors), plus an optional
-shared "rl" adapter that can be switched on and off for every task. The reference policy for KL is
-the same model with adapters disabled (free: no second copy).
+One adapter per task (isolated: training task A never touches task B's tensors). The reference
+policy for KL is the same model with adapters disabled (free: no second copy).
 
 Trainable presets (the question that started the project):
     adapters                     LoRA tensors of the active adapters only
@@ -37,7 +36,6 @@ from .checkpoint import check_state_dict, read_safetensors
 from .model import TinyVLAPolicy
 
 PRESETS = ("adapters", "head", "adapters+head+norms", "adapters+last_k_blocks+head", "full")
-SHARED_RL = "rl"
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
 
@@ -52,9 +50,6 @@ class AdapterConfig:
         "query_key_value", "attention.dense", "dense_h_to_4h", "dense_4h_to_h", "film")
     preset: str = "adapters"                # one of PRESETS
     last_k_blocks: int = 1                  # for adapters+last_k_blocks+head
-    shared_rl_adapter: bool = False         # also train/enable the shared "rl" adapter
-    noise_prior: bool = False               # learn x_K's mean (model.add_noise_prior): it
-    #   trains with every preset and is saved with each version; the sampler scores x_K
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -76,13 +71,10 @@ class AdaptedPolicy:
         if not adapters:
             raise ValueError("at least one adapter (task) name is needed")
         self.cfg = cfg
-        if cfg.noise_prior:
-            model.add_noise_prior()
         self.peft: PeftModel = get_peft_model(model, cfg.lora(), adapter_name=adapters[0])
-        for name in adapters[1:] + ([SHARED_RL] if cfg.shared_rl_adapter else []):
+        for name in adapters[1:]:
             self.peft.add_adapter(name, cfg.lora())
         self.active = adapters[0]
-        self.rl_enabled = cfg.shared_rl_adapter
         self.sft_base: dict[str, torch.Tensor] = {}    # SFT values of trainable base tensors
         self.activate(adapters[0])
 
@@ -95,26 +87,20 @@ class AdaptedPolicy:
     def adapter_names(self) -> list[str]:
         return list(self.peft.peft_config)
 
-    def activate(self, adapter: str, rl: bool | None = None) -> None:
-        """Make `adapter` (plus the shared rl adapter if enabled) active; re-apply the preset."""
+    def activate(self, adapter: str) -> None:
+        """Make `adapter` the active one; re-apply the preset."""
         if adapter not in self.peft.peft_config:
             raise KeyError(f"unknown adapter {adapter!r}; known: {self.adapter_names}")
         self.active = adapter
-        if rl is not None:
-            if rl and SHARED_RL not in self.peft.peft_config:
-                raise KeyError("the shared rl adapter was not created (shared_rl_adapter=False)")
-            self.rl_enabled = rl
-        names = [adapter] + ([SHARED_RL] if self.rl_enabled else [])
-        self.peft.base_model.set_adapter(names)
+        self.peft.base_model.set_adapter([adapter])
         self.set_preset(self.cfg.preset)
 
     def _trains(self, name: str, preset: str) -> bool:
         """Whether tensor `name` trains under `preset` (LoRA: of the active adapters only)."""
         lora_of = _lora_adapter(name)
         if lora_of is not None:
-            active = {self.active} | ({SHARED_RL} if self.rl_enabled else set())
-            return lora_of in active and preset != "head"
-        if preset == "full" or name.startswith("noise_prior."):
+            return lora_of == self.active and preset != "head"
+        if preset == "full":
             return True
         n_layers = self.model.config.lm_layers
         last = tuple(f"lm.layers.{i}." for i in range(max(0, n_layers - self.cfg.last_k_blocks),
@@ -158,14 +144,13 @@ class AdaptedPolicy:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def modifies_base(self) -> bool:
-        return self.cfg.preset != "adapters" or self.cfg.noise_prior
+        return self.cfg.preset != "adapters"
 
     def reference(self):
         """Context manager: the reference policy (adapters disabled)."""
         if self.modifies_base():
-            raise ValueError(f"KL to the reference needs preset 'adapters' without a noise prior "
-                             f"(the reference is the model with adapters disabled); preset is "
-                             f"{self.cfg.preset!r}, noise_prior {self.cfg.noise_prior}")
+            raise ValueError(f"KL to the reference needs preset 'adapters' (the reference is the "
+                             f"model with adapters disabled); preset is {self.cfg.preset!r}")
         return self.peft.disable_adapter()
 
     # ----- export / import -----

@@ -62,6 +62,17 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"cannot read {path}: {e}") from e
 
 
+def read_sampler_config(directory: Path) -> SamplerConfig:
+    """The sampler config a checkpoint was saved with (config.json only, no weights)."""
+    cfg_path = Path(directory) / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {directory} (config.json missing)")
+    try:
+        return SamplerConfig.from_dict(json.loads(cfg_path.read_text()).get("sampler", {}))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{cfg_path}: bad sampler config: {e}") from e
+
+
 def load_checkpoint(directory: Path, map_location: str | torch.device = "cpu"
                     ) -> tuple[TinyVLAPolicy, SamplerConfig, dict[str, Any]]:
     directory = Path(directory)

@@ -4,18 +4,21 @@ Shape vocabulary (everywhere in core/): B batch, G group size, K denoising steps
 (stochastic) steps, Ta action horizon, Da action dim, Ds state dim, To observation steps (1 here),
 Nc cameras, H x W image size.
 
-`ModelConfig` describes the network, `SamplerConfig` the stochastic diffusion sampler. Both load
-from
-and save to plain dicts (JSON / YAML); unknown keys are an error, never silently ignored.
+`ModelConfig` describes the network, `SamplerConfig` the stochastic diffusion sampler, `GRPOConfig`
+the learner. Model and sampler configs load from and save to plain dicts (JSON / YAML); unknown
+keys are an error, never silently ignored. Sampler and learner fields are recipe settings
+(core/recipe.py): each carries its help, its range and the adopted value as its default.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
+
+from .recipe import check_ranges, setting
 
 
 def preset_dirs() -> list[Path]:
@@ -119,41 +122,42 @@ class SamplerConfig:
     """Stochastic DDIM/DDPM sampling over the diffusers tables, with per-step log-probs.
 
     Only the last `stochastic_steps` (K') steps are stochastic and recorded: noise on every step
-    ruins
-    rollouts (DESIGN.md, measured on the toy). The same std floor is used to sample and to score.
+    ruins rollouts (docs/DESIGN.md). The same std floor is used to sample and to score. A
+    checkpoint stores its sampler config; the nodes and the bench override the fields of
+    `RECIPE` (the exploration settings), the others describe how the head samples.
     """
 
-    scheduler: str = "ddim"                 # "ddim" (eta > 0) or "ddpm"
-    num_inference_steps: int = 10           # K
-    stochastic_steps: int = 3               # K', the last K' steps; DPPO fine-tunes the last few
-    eta: float = 1.0                        # DDIM eta (1.0 = DDPM-like variance); unused by ddpm
-    min_sampling_std: float = 0.1           # sigma floor when sampling (DPPO: 0.1)
-    min_logprob_std: float = 0.1            # sigma floor when scoring; keep equal to sampling's
-    noise_clip: float = 3.0                 # clip |z| of the sampling noise (0 = no clip)
-    executed_steps: int = 0                 # executed, scored prefix (0 = Ta)
-    init_noise_scale: float = 1.0           # x_K ~ N(0, s^2 I); < 1 moves the rollout's
-    #   randomness from x_K (not scored, so not credited) to the K' scored steps
+    scheduler: str = setting("ddim", "diffusers scheduler of the denoising chain",
+                             choices=("ddim", "ddpm"))
+    num_inference_steps: int = setting(10, "K, denoising steps per chunk", lo=1, hi=1000)
+    stochastic_steps: int = setting(3, "K', the last K' denoising steps are stochastic, scored "
+                                    "and fine-tuned (DPPO fine-tunes the last few)", lo=0,
+                                    hi=1000)
+    eta: float = setting(1.0, "DDIM eta (1.0 = DDPM-like variance); unused by ddpm", lo=0.0,
+                         hi=10.0)
+    min_sampling_std: float = setting(0.1, "std floor of a stochastic step when sampling "
+                                      "(DPPO: 0.1)", lo=0.0, hi=10.0)
+    min_logprob_std: float = setting(0.1, "std floor when scoring; keep equal to "
+                                     "min_sampling_std", lo=1e-6, hi=10.0)
+    noise_clip: float = setting(3.0, "clip |z| of the sampling noise (0 = no clip)", lo=0.0,
+                                hi=100.0)
+    executed_steps: int = setting(0, "actions executed and scored per chunk (0 = the whole "
+                                  "chunk, Ta)", lo=0, hi=4096)
+    init_noise_scale: float = setting(1.0, "x_K ~ N(0, s^2 I); 1 = the distribution the head "
+                                      "was trained on", lo=0.0, hi=1.0)
+
+    RECIPE: ClassVar[tuple[str, ...]] = ("stochastic_steps", "min_sampling_std",
+                                         "min_logprob_std", "noise_clip", "executed_steps",
+                                         "init_noise_scale")
 
     def __post_init__(self) -> None:
-        if self.scheduler not in ("ddim", "ddpm"):
-            raise ValueError(f"scheduler must be 'ddim' or 'ddpm', got {self.scheduler!r}")
-        if self.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
-        if not 0 <= self.stochastic_steps <= self.num_inference_steps:
+        check_ranges(self)
+        if self.stochastic_steps > self.num_inference_steps:
             raise ValueError(f"stochastic_steps (K') must lie in [0, num_inference_steps="
                              f"{self.num_inference_steps}], got {self.stochastic_steps}")
-        if self.eta < 0:
-            raise ValueError(f"eta must be >= 0, got {self.eta}")
-        if self.min_sampling_std < 0 or self.min_logprob_std <= 0:
-            raise ValueError("min_logprob_std must be > 0 (the final step has zero variance) and "
-                             f"min_sampling_std >= 0, got {self.min_logprob_std}, "
-                             f"{self.min_sampling_std}")
-        if self.noise_clip < 0:
-            raise ValueError(f"noise_clip must be >= 0, got {self.noise_clip}")
-        if self.executed_steps < 0:
-            raise ValueError(f"executed_steps must be >= 0, got {self.executed_steps}")
-        if not 0 <= self.init_noise_scale <= 1:
-            raise ValueError(f"init_noise_scale must lie in [0, 1], got {self.init_noise_scale}")
+        if self.min_logprob_std <= 0:
+            raise ValueError("min_logprob_std must be > 0 (the final step has zero variance), "
+                             f"got {self.min_logprob_std}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SamplerConfig:
@@ -161,6 +165,104 @@ class SamplerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class GRPOConfig:
+    """The learner's recipe (GRPO with PPO-style clipping over the K' scored denoising steps).
+
+    The defaults are the adopted recipe, measured in docs/RESULTS.md; learner_node's parameters
+    and bench/bench_learning.py's options are derived from these fields."""
+
+    group_size: int = setting(8, "G, rollouts per initial state (a group)", lo=2, hi=1024)
+    lr: float = setting(1e-3, "Adam learning rate of the LoRA tensors", lo=1e-8, hi=1.0)
+    base_lr_scale: float = setting(0.03, "learning rate of trained base tensors (head, norms, "
+                                   "blocks) as a fraction of lr: Adam moves a full weight's "
+                                   "output by lr x fan-in, a LoRA B's by lr x rank",
+                                   lo=1e-6, hi=100.0)
+    epochs: int = setting(4, "passes over each batch of groups (PPO-style reuse)", lo=1,
+                          hi=100)
+    minibatch_size: int = setting(128, "chunks per optimizer step", lo=1, hi=1_000_000)
+    micro_batch_size: int = setting(128, "chunks per forward/backward; memory only: the "
+                                    "gradient is the same", lo=1, hi=1_000_000)
+    clip_low: float = setting(0.2, "PPO clip below 1 (eps_low)", lo=1e-6, hi=0.999)
+    clip_high: float = setting(0.28, "PPO clip above 1 (eps_high; DAPO's clip-higher)",
+                               lo=1e-6, hi=10.0)
+    denoise_discount: float = setting(1.0, "gamma over the denoising steps (DPPO: 0.99); "
+                                      "1 = off", lo=0.01, hi=1.0)
+    kl_coef: float = setting(0.0, "beta of the k3 KL to the SFT policy (adapters disabled; "
+                             "preset adapters only); 0 = off", lo=0.0, hi=100.0)
+    target_kl: float = setting(0.05, "stop an update early when a minibatch's approximate KL "
+                               "exceeds 1.5 x this (0 = off)", lo=0.0, hi=100.0)
+    warmup_steps: int = setting(10, "linear learning-rate warm-up over a task's first "
+                                "optimizer steps", lo=0, hi=1_000_000)
+    max_grad_norm: float = setting(1.0, "gradient clipping norm", lo=1e-6, hi=1e6)
+    adv_eps: float = setting(1e-6, "epsilon of the advantage normalization", lo=0.0, hi=1.0)
+    device: str = setting("auto", "torch device of the learner: auto (cuda when available), "
+                          "cpu, cuda or cuda:N")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        resolve_device(self.device)
+
+    def loss_cfg(self):
+        from .grpo import GRPOLossConfig
+        return GRPOLossConfig(self.clip_low, self.clip_high, self.denoise_discount, self.kl_coef)
+
+    def resolved_device(self):
+        return resolve_device(self.device)
+
+
+@dataclass(frozen=True)
+class PolicyNodeConfig:
+    """How policy_node turns observations into commands on the arm (its own parameters)."""
+
+    camera_topics: tuple[str, ...] = setting(("image_raw",), "camera image topics, in the "
+                                             "model's camera order")
+    command_mode: str = setting("chunk", "chunk: publish ActionChunks that a simulator executes;"
+                                " joint_trajectory: command a joint_trajectory_controller",
+                                choices=("chunk", "joint_trajectory"))
+    controller_topic: str = setting("/joint_trajectory_controller/joint_trajectory",
+                                    "JointTrajectory topic in joint_trajectory mode")
+    control_rate_hz: float = setting(80.0, "rate at which the arm executes a chunk's actions",
+                                     lo=1.0, hi=2000.0)
+    decision_period_s: float = setting(-1.0, "min time between decisions (-1: executed_steps "
+                                       "/ control_rate_hz; 0: every fresh image)", lo=-1.0,
+                                       hi=60.0)
+    stale_after_s: float = setting(1.0, "max age of the images and joint states a decision "
+                                   "uses", lo=0.01, hi=60.0)
+    max_delta_per_step: float = setting(0.0, "max change of an action between control steps "
+                                        "(0 = off)", lo=0.0, hi=1e6)
+    watchdog_s: float = setting(1.0, "hold the arm when no fresh chunk went out for this long "
+                                "while an episode runs (0 = off; above the model's worst "
+                                "decision time)", lo=0.0, hi=60.0)
+    swap_between: str = setting("groups", "apply new adapter versions between groups (a group "
+                                "never mixes versions) or between chunks",
+                                choices=("groups", "chunks"))
+    adapter_update_topic: str = setting("adapter_update", "AdapterUpdate topic (absolute when "
+                                        "one learner serves several robots)")
+    seed: int = setting(0, "sampling seed; evaluation episodes draw x_K from (seed, init "
+                        "state, chunk index), the same for every version", lo=0, hi=2**31 - 1)
+    enabled: bool = setting(True, "command the arm at all (also the enable service)")
+    device: str = setting("auto", "torch device: auto (cuda when available), cpu, cuda or "
+                          "cuda:N")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if not self.camera_topics:
+            raise ValueError("camera_topics must name at least one camera")
+        resolve_device(self.device)
+
+
+def resolve_device(name: str):
+    """'auto' -> cuda when available, else cpu; anything else must be a torch device string."""
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from e
 
 
 @dataclass

@@ -3,16 +3,15 @@
 Notation: G rollouts of one group (same initial state), rewards r_i; N chunks in a batch,
 K' fine-tuned denoising steps; logp (N, K') per-step log-densities (sampler.py).
 
+    r_i = 1 for a success, 0 for a failure                      (outcome_reward)
     A_i = (r_i - mean(r)) / (std(r) + eps)                      (Shao et al. 2024, GRPO)
-    A_i = r_i - mean_{j != i}(r_j)                              leave-one-out (RLOO), as an option
     rho_{n,k} = exp(logp_new - logp_old)
-    L = - sum_{n,k} u_n w_k * min(rho A_n, clip(rho, 1 - eps_low, 1 + eps_high) A_n) / Z
-        + beta * sum_{n,k} u_n w_k * KL_k3(n,k) / Z  (Schulman's k3: e^d - d - 1, d = ref - new)
+    L = - sum_{n,k} w_k * min(rho A_n, clip(rho, 1 - eps_low, 1 + eps_high) A_n) / Z
+        + beta * sum_{n,k} w_k * KL_k3(n,k) / Z  (Schulman's k3: e^d - d - 1, d = ref - new)
     w_k = gamma^(K'-1-k): denoising discount (DPPO), the last step (k = K'-1) weighs 1.
-    u_n = 1 per chunk ("chunk": DAPO's token-level mean), or 1 / C_e for the C_e chunks of
-    episode e ("episode": GRPO's per-sequence mean, every episode weighs the same).
-Z = sum_n u_n * sum_k w_k over the *whole* batch, passed in, so that micro-batches add up to the
-same gradient as one batch. Pure functions: backward, optimizer and logging belong to the caller.
+Every chunk weighs the same (DAPO's token-level mean). Z = N * sum_k w_k over the *whole* batch,
+passed in, so that micro-batches add up to the same gradient as one batch. Pure functions:
+backward, optimizer and logging belong to the caller.
 """
 from __future__ import annotations
 
@@ -38,35 +37,19 @@ class GRPOLossConfig:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
 
 
-def outcome_reward(success: bool, progress: float, progress_weight: float = 0.0) -> float:
-    """An episode's reward: 1 for a success, `progress_weight` x progress for a failure.
-
-    progress in [0, 1] says how close a failure came (a simulator's shaped task reward, an
-    operator's partial mark). progress_weight = 0 is the plain success bit; any weight < 1 keeps
-    every success above every failure, and lets a group of failures rank them, so that it
-    carries signal where the success bit alone gives none."""
-    if not 0.0 <= progress_weight < 1.0:
-        raise ValueError(f"progress_weight must lie in [0, 1) so that a success outranks any "
-                         f"failure, got {progress_weight}")
-    if not 0.0 <= progress <= 1.0:
-        raise ValueError(f"progress must lie in [0, 1], got {progress}")
-    return 1.0 if success else progress_weight * float(progress)
+def outcome_reward(success: bool) -> float:
+    """An episode's reward: the outcome alone (the simulator's success, the operator's mark)."""
+    return 1.0 if success else 0.0
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-6, leave_one_out: bool = False
-                     ) -> torch.Tensor | None:
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor | None:
     """rewards (G,) -> advantages (G,); None when the group has no signal (zero variance)."""
     if rewards.numel() < 2:
         raise ValueError(f"GRPO needs group_size >= 2, got {rewards.numel()}")
     r = rewards.double()
     if torch.all(r == r[0]):
         return None
-    if leave_one_out:
-        G = r.numel()
-        adv = r - (r.sum() - r) / (G - 1)
-    else:
-        adv = (r - r.mean()) / (r.std(unbiased=False) + eps)
-    return adv.float()
+    return ((r - r.mean()) / (r.std(unbiased=False) + eps)).float()
 
 
 def step_weights(k_prime: int, gamma: float) -> torch.Tensor:
@@ -75,19 +58,15 @@ def step_weights(k_prime: int, gamma: float) -> torch.Tensor:
 
 
 def grpo_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
-              cfg: GRPOLossConfig, normalizer: float, logp_ref: torch.Tensor | None = None,
-              chunk_weights: torch.Tensor | None = None
+              cfg: GRPOLossConfig, normalizer: float, logp_ref: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate per denoising step. logp_* (N, K'), advantages (N,), chunk_weights
-    (N,) = u_n (None: all 1).
+    """Clipped surrogate per denoising step. logp_* (N, K'), advantages (N,).
 
     Returns (loss, stats) where loss is this batch's share of the whole-batch mean (divided by
     `normalizer`, the whole batch's weight sum) and stats are sums over this batch's N*K' terms.
     """
     N, Kp = logp_new.shape
     w = step_weights(Kp, cfg.denoise_discount).to(logp_new.device).expand(N, Kp)   # (N, K')
-    if chunk_weights is not None:
-        w = w * chunk_weights[:, None]                                               # (N, K')
     # 1. importance ratio per step
     log_ratio = logp_new - logp_old
     ratio = log_ratio.exp()

@@ -226,27 +226,6 @@ class TinyVLAPolicy(nn.Module):
         self.lm = GPTNeoXModel(lcfg)
         self.cond_dim = cfg.lm_hidden + cfg.state_dim
         self.head = ConditionalUnet1D(cfg, self.cond_dim)
-        self.noise_prior: nn.Linear | None = None
-
-    def add_noise_prior(self) -> None:
-        """Give x_K a learnable, observation-dependent mean: x_K ~ N(noise_prior(cond), s^2 I).
-
-        A linear map from the condition to (Ta * Da), zero-initialized, so the policy starts as
-        the SFT policy exactly (x_K ~ N(0, s^2 I)). It is not part of SFT checkpoints: the
-        adapter config adds it (`AdapterConfig.noise_prior`) and its versions carry it."""
-        if self.noise_prior is None:
-            cfg = self.config
-            lin = nn.Linear(self.cond_dim, cfg.horizon * cfg.action_dim)
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
-            self.noise_prior = lin.to(self.camera_embed.device)
-
-    def init_noise_mean(self, cond: torch.Tensor) -> torch.Tensor:
-        """Mean of x_K (B, Ta, Da): zeros without a noise prior."""
-        cfg = self.config
-        if self.noise_prior is None:
-            return cond.new_zeros(cond.shape[0], cfg.horizon, cfg.action_dim)
-        return self.noise_prior(cond).view(-1, cfg.horizon, cfg.action_dim)
 
     def encode(self, obs: Observation) -> torch.Tensor:
         """Observation -> condition (B, D + Ds) for the diffusion head."""

@@ -59,6 +59,25 @@ class EpisodeRecord:
         return d
 
 
+def episode_record(frames: list[dict], *, success: bool, **meta) -> EpisodeRecord:
+    """The one builder of rollout records: per-chunk frames -> an EpisodeRecord.
+
+    frames: one dict per chunk the episode executed, {images (Nc, H, W, 3) uint8, states (Ds,),
+    chains (K'+1, Ta, Da), log_probs (K',), executed: int}; meta: the EpisodeRecord's other
+    fields (episode_id, group_id, task, ...). The reward is `grpo.outcome_reward(success)`. An
+    episode with no frames (it ended before any recorded chunk) keeps no tensors: it counts in
+    its group's baseline and has nothing to score."""
+    from .grpo import outcome_reward
+    tensors = {}
+    if frames:
+        stack = lambda k: torch.stack([torch.as_tensor(f[k]) for f in frames])  # noqa: E731
+        tensors = {"images": stack("images"), "states": stack("states").float(),
+                   "chains": stack("chains").float(), "log_probs": stack("log_probs").float(),
+                   "executed": torch.tensor([int(f["executed"]) for f in frames])}
+    return EpisodeRecord(reward=outcome_reward(success), success=success, tensors=tensors,
+                         **meta)
+
+
 def _check_name(kind: str, name: str) -> str:
     if not name or name.startswith(".") or "/" in name or "\\" in name or name in ("..",):
         raise StoreError(f"invalid {kind} {name!r}: must be a plain, non-hidden directory name")
@@ -142,6 +161,13 @@ class RolloutStore:
             return []
         gs = [p for p in tdir.iterdir() if (p / "group.json").is_file()]
         return [p.name for p in sorted(gs, key=lambda p: (p.stat().st_mtime, p.name))]
+
+    def group_summaries(self, task: str, prefix: str = "") -> list[tuple[str, dict, int]]:
+        """(group id, group.json, stored episodes) of a task's groups whose id starts with
+        `prefix`, oldest first: the one scan for "groups of version v" and "this robot's
+        groups"."""
+        return [(g, self.group_meta(task, g), len(self.episode_ids(task, g)))
+                for g in self.groups(task) if g.startswith(prefix)]
 
     def tasks(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir()

@@ -1,10 +1,9 @@
 """Stochastic diffusion sampling with per-step log-probs, and batched re-scoring of stored chains.
 
-Notation (DESIGN.md "The math"): K denoising steps with timesteps t_K > ... > t_1, K' the last
-steps
-that are stochastic and fine-tuned, x_k (B, Ta, Da) the sample entering step k, a_t =
-alphas_cumprod[t]
-(the diffusers tables), eps_theta the head's noise prediction, c the observation condition.
+Notation (docs/DESIGN.md "The math"): K denoising steps with timesteps t_K > ... > t_1, K' the
+last steps that are stochastic and fine-tuned, x_k (B, Ta, Da) the sample entering step k,
+a_t = alphas_cumprod[t] (the diffusers tables), eps_theta the head's noise prediction, c the
+observation condition.
 
 Each step is Gaussian:  x_{k-1} ~ N(mu_theta(x_k, t_k, c), std_k^2)
   DDIM (Song et al. 2021, eq. 12):
@@ -14,24 +13,16 @@ Each step is Gaussian:  x_{k-1} ~ N(mu_theta(x_k, t_k, c), std_k^2)
   DDPM (Ho et al. 2020, eqs. 6-7, "fixed_small" variance):
       mu = sqrt(a_prev) b / (1 - a_t) x0 + sqrt(a_t / a_prev) (1 - a_prev) / (1 - a_t) x_k,
       sigma_k^2 = (1 - a_prev) / (1 - a_t) b,      b = 1 - a_t / a_prev
-  Sampling uses std_k = max(sigma_k, min_sampling_std) and noise z clipped to [-noise_clip,
-  noise_clip];
-  scoring uses std_k = max(sigma_k, min_logprob_std). The final step (a_prev = 1,
-  set_alpha_to_one) has
-  sigma = 0 and is therefore floored, deliberately: it is the step that decides the action most.
+  Sampling uses std_k = max(sigma_k, min_sampling_std) and noise z clipped to
+  [-noise_clip, noise_clip]; scoring uses std_k = max(sigma_k, min_logprob_std). The final step
+  (a_prev = 1, set_alpha_to_one) has sigma = 0 and is therefore floored, deliberately: it is the
+  step that decides the action most.
   Deterministic (evaluation) sampling: every step returns mu with eta = 0.
 
 x_K ~ N(0, init_noise_scale^2 I). x_K is not scored (it does not depend on theta), so whatever its
 draw decides about the outcome is noise to GRPO; init_noise_scale < 1 narrows it (1 = the
 distribution the head was trained on). Evaluations fix x_K per (scene, decision) with
 `paired_init_noise`, so that versions are compared on the same draws.
-
-With a noise prior (`model.add_noise_prior`, `AdapterConfig.noise_prior`) x_K is an action too:
-x_K = mu_phi(c) + s z, z ~ N(0, I), scored as log N(x_K; mu_phi(c), s^2 I) over all of (Ta, Da)
-(every row of x_K shapes the executed prefix). It is step 0 of the record: the chain grows to
-(B, K'+2, Ta, Da) with chain[:, 0] = x_K, and the log-probs to (B, K'+1). GRPO then credits the
-draw of x_K to mu_phi, which starts at 0 (the SFT policy exactly) - the idea of steering a
-diffusion policy through its initial noise (DSRL, Wagenmaker et al. 2025), trained on-policy.
 
 log pi(chunk) = sum over the K' steps of log N(x_{k-1}; mu, std_k^2), each summed over the executed
 prefix (Ta_exec x Da). Per-step values are kept (B, K') because GRPO clips per denoising step.
@@ -57,9 +48,7 @@ class Chunk:
 
     actions: torch.Tensor         # (B, Ta, Da) robot units
     chain: torch.Tensor           # (B, K'+1, Ta, Da) normalized; chain[:, -1] = x_0
-    #                               (K'+2 with a noise prior: chain[:, 0] = x_K)
     log_probs: torch.Tensor       # (B, K') per fine-tuned step, over the executed prefix
-    #                               (K'+1 with a noise prior: [:, 0] = log-density of x_K)
     executed_steps: int           # Ta_exec
 
 
@@ -139,32 +128,6 @@ class DiffusionSampler:
                 + ((a_t / a_prev).sqrt() * (1 - a_prev) / (1 - a_t)) * x
         return mean, sigma
 
-    def init_log_prob(self, x_init: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """log N(x_K; mean, s^2 I) over all of (Ta, Da) -> (N,), s = init_noise_scale."""
-        s = self.cfg.init_noise_scale
-        lp = -0.5 * ((x_init - mean) / s) ** 2 - math.log(s) - LOG_SQRT_2PI
-        return lp.sum(dim=(1, 2))
-
-    def check_prior(self, model: TinyVLAPolicy) -> bool:
-        """True when x_K is scored (the model has a noise prior); needs a scale > 0."""
-        if model.noise_prior is None:
-            return False
-        if self.cfg.init_noise_scale <= 0:
-            raise ValueError("a noise prior scores x_K ~ N(mu, s^2): init_noise_scale must be "
-                             "> 0")
-        return True
-
-    def split_chain(self, model: TinyVLAPolicy, chain: torch.Tensor
-                    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """A stored chain -> (x_K or None, the K'+1 states of the noisy steps); checks K'."""
-        prior = self.check_prior(model)
-        Kp = chain.shape[1] - 1 - int(prior)
-        if Kp != self.cfg.stochastic_steps:
-            raise ValueError(f"chain has {chain.shape[1]} states, the sampler fine-tunes "
-                             f"{self.cfg.stochastic_steps} steps"
-                             + (" after x_K (noise prior)" if prior else ""))
-        return (chain[:, 0], chain[:, 1:]) if prior else (None, chain)
-
     def gaussian_log_prob(self, x_prev: torch.Tensor, mean: torch.Tensor,
                           sigma: torch.Tensor, n_exec: int) -> torch.Tensor:
         """log N(x_prev; mean, max(sigma, floor)^2) summed over the executed prefix -> (N,)."""
@@ -191,15 +154,8 @@ class DiffusionSampler:
             init_noise = torch.randn(shape, generator=generator, device=device)
         elif init_noise.shape != shape:
             raise ValueError(f"init_noise must have shape {shape}, got {tuple(init_noise.shape)}")
-        prior = self.check_prior(model)
         x = init_noise.to(device) * cfg.init_noise_scale                     # x_K
         chain, log_probs = [], []
-        if prior:
-            mean = model.init_noise_mean(cond)
-            x = mean + x
-            if record and not deterministic:
-                chain.append(x)
-                log_probs.append(self.init_log_prob(x, mean))
         for i in range(cfg.num_inference_steps):
             stochastic = not deterministic and i >= self.first_stochastic
             if record and i == self.first_stochastic:
@@ -226,9 +182,8 @@ class DiffusionSampler:
     def chain_log_prob(self, model: TinyVLAPolicy, obs: Observation, chain: torch.Tensor,
                        n_exec: int | None = None, cond: torch.Tensor | None = None
                        ) -> torch.Tensor:
-        """Re-score stored chains (B, K'+1, Ta, Da) -> (B, K') in one batched forward (with a
-        noise prior (B, K'+2, Ta, Da) -> (B, K'+1), x_K's term first)."""
-        x_init, chain = self.split_chain(model, chain)
+        """Re-score stored chains (B, K'+1, Ta, Da) -> (B, K') in one batched forward."""
+        self.check_chain(chain)
         B, K1 = chain.shape[:2]
         Kp = K1 - 1
         n_exec = self.executed_steps() if n_exec is None else n_exec
@@ -238,44 +193,21 @@ class DiffusionSampler:
         idx = self.stochastic_indices.to(chain.device).repeat(B)            # (B*K',)
         eps = model(x_k, self.timesteps.to(chain.device)[idx], cond.repeat_interleave(Kp, 0))
         mean, sigma = self.step_mean_std(x_k, eps, idx, stochastic=True)
-        lp = self.gaussian_log_prob(x_prev, mean, sigma, n_exec).view(B, Kp)
-        if x_init is None:
-            return lp
-        return torch.cat([self.init_log_prob(x_init, model.init_noise_mean(cond))[:, None], lp],
-                         1)
+        return self.gaussian_log_prob(x_prev, mean, sigma, n_exec).view(B, Kp)
 
-    def elbo_log_likelihood(self, model: TinyVLAPolicy, obs: Observation, x0: torch.Tensor,
-                            t: torch.Tensor, noise: torch.Tensor, n_exec: int | None = None,
-                            cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Denoising surrogate of log pi(x0 | c) -> (B,), for the `elbo` ratio of learner.py.
-
-        x0 (B, Ta, Da) normalized sampled chunks (chain[:, -1]), t (B, M) training timesteps and
-        noise (B, M, Ta, Da) fixed draws (the same for old and new weights):
-
-            x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise
-            L   = - 1/2 mean_m sum_{executed prefix} ||eps_theta(x_t, t, c) - noise||^2
-
-        Up to a constant and per-t weights this is the diffusion ELBO of x0 (Ho et al. 2020), so
-        exp(L_new - L_old) stands in for pi_new / pi_old (Flow Policy Optimization, McAllister
-        et al. 2025): it scores the action that was executed, whatever chain produced it."""
-        B, M = t.shape
-        n_exec = self.executed_steps() if n_exec is None else n_exec
-        cond = model.encode(obs) if cond is None else cond                   # (B, C)
-        a = self.alphas_cumprod.to(x0.device)[t].view(B, M, 1, 1)
-        x_t = a.sqrt() * x0[:, None] + (1 - a).sqrt() * noise               # (B, M, Ta, Da)
-        eps = model(x_t.reshape(B * M, *x0.shape[1:]), t.reshape(-1),
-                    cond.repeat_interleave(M, 0)).view(B, M, *x0.shape[1:])
-        err = (eps - noise)[:, :, :n_exec] ** 2
-        return -0.5 * err.sum(dim=(2, 3)).mean(dim=1)
+    def check_chain(self, chain: torch.Tensor) -> None:
+        """A stored chain must hold the K'+1 states of this sampler's scored steps."""
+        if chain.shape[1] - 1 != self.cfg.stochastic_steps:
+            raise ValueError(f"chain has {chain.shape[1]} states, the sampler fine-tunes "
+                             f"{self.cfg.stochastic_steps} steps")
 
     def chain_log_prob_per_step(self, model: TinyVLAPolicy, obs: Observation,
                                 chain: torch.Tensor, n_exec: int | None = None) -> torch.Tensor:
         """Reference re-scoring, one full policy call (encode + head) per step: for parity tests
         and the batched-vs-per-step benchmark."""
         n_exec = self.executed_steps() if n_exec is None else n_exec
-        x_init, chain = self.split_chain(model, chain)
-        out = [] if x_init is None else [
-            self.init_log_prob(x_init, model.init_noise_mean(model.encode(obs)))]
+        self.check_chain(chain)
+        out = []
         for j, i in enumerate(self.stochastic_indices.tolist()):
             idx = torch.full((chain.shape[0],), i, dtype=torch.long, device=chain.device)
             eps = model(chain[:, j], self.timesteps.to(chain.device)[idx], model.encode(obs))

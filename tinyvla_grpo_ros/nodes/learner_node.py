@@ -20,6 +20,7 @@ train.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import queue
 import threading
 import time
@@ -40,10 +41,18 @@ from ..core.adapters import (
     version_dir,
 )
 from ..core.checkpoint import load_checkpoint
-from ..core.learner import GRPOConfig, GRPOLearner
+from ..core.config import GRPOConfig
+from ..core.learner import GRPOLearner
 from ..core.rollout_store import RolloutStore
 from ..core.sampler import DiffusionSampler
-from .ros_common import LATCHED_HISTORY, declare, declare_model, run
+from .ros_common import (
+    LATCHED_HISTORY,
+    declare,
+    declare_model,
+    declare_sampler,
+    declare_settings,
+    run,
+)
 
 
 class LearnerNode(Node):
@@ -54,35 +63,10 @@ class LearnerNode(Node):
                                                "rollout store directory")))
         self.groups_per_update = declare(self, "groups_per_update", 1, "groups per update", 1,
                                          1000)
-        cfg = GRPOConfig(
-            group_size=declare(self, "group_size", 8, "G", 2, 1024),
-            lr=declare(self, "lr", 1e-4, "Adam learning rate", 1e-8, 1.0),
-            epochs=declare(self, "epochs", 4, "passes over each batch", 1, 100),
-            minibatch_size=declare(self, "minibatch_size", 32, "chunks per step", 1, 100000),
-            micro_batch_size=declare(self, "micro_batch_size", 32, "chunks per forward", 1,
-                                     100000),
-            clip_low=declare(self, "clip_low", 0.2, "PPO clip below 1", 0.0, 1.0),
-            clip_high=declare(self, "clip_high", 0.28, "PPO clip above 1", 0.0, 10.0),
-            kl_coef=declare(self, "kl_coef", 0.0, "KL to the SFT reference", 0.0, 100.0),
-            target_kl=declare(self, "target_kl", 0.05, "stop an update early above 1.5 x this "
-                              "approximate KL (0 = off)", 0.0, 100.0),
-            warmup_steps=declare(self, "warmup_steps", 10, "linear lr warm-up over a task's "
-                                 "first optimizer steps", 0, 100000),
-            base_lr_scale=declare(self, "base_lr_scale", 1.0, "lr of non-LoRA tensors as a "
-                                  "fraction of lr", 1e-6, 100.0),
-            denoise_discount=declare(self, "denoise_discount", 1.0, "per-step discount", 0.01,
-                                     1.0),
-            loss_aggregation=declare(self, "loss_aggregation", "chunk", "chunk (mean over "
-                                     "chunks) or episode (every episode weighs the same)"),
-            ratio=declare(self, "ratio", "chain", "chain (log-densities of the K' noisy "
-                          "steps) or elbo (denoising surrogate of the executed chunk)"),
-            elbo_samples=declare(self, "elbo_samples", 4, "(t, noise) draws per chunk for "
-                                 "ratio elbo", 1, 1024),
-            negative_advantage_scale=declare(self, "negative_advantage_scale", 1.0, "x negative "
-                                             "advantages (0: learn from the better episodes "
-                                             "of a group only)", 0.0, 1.0),
-            device=declare(self, "device", "auto", "auto, cpu or cuda"))
+        cfg = GRPOConfig(**declare_settings(self, GRPOConfig))
+        overrides = declare_sampler(self, ckpt)
         model, sampler_cfg, _ = load_checkpoint(ckpt)
+        sampler_cfg = dataclasses.replace(sampler_cfg, **overrides)
         self.policy = AdaptedPolicy(model, adapter_cfg, self.tasks)
         self.sampler = DiffusionSampler(model.config, sampler_cfg)
         self.learner = GRPOLearner(self.policy, self.sampler, cfg)
@@ -133,9 +117,7 @@ class LearnerNode(Node):
             save_adapter_version(self.policy, self.root, loaded, parent=None)
         self.versions[task] = loaded
         self.learned = {line.split(",")[2] for line in self._metric_lines()}
-        for gid in self.store.groups(task):
-            meta = self.store.group_meta(task, gid)
-            n = len(self.store.episode_ids(task, gid))
+        for gid, meta, n in self.store.group_summaries(task):
             if meta["adapter_version"] == loaded and n >= self.learner.cfg.group_size \
                     and gid not in self.learned:
                 self.pending.put((task, gid))

@@ -26,13 +26,50 @@ LATCHED_HISTORY = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
 def declare(node: Node, name: str, default, description: str, lo=None, hi=None):
     """Declare a parameter with a descriptor (and a range for numbers); return its value."""
     d = ParameterDescriptor(description=description)
-    if lo is not None and not isinstance(default, bool):
+    if lo is not None and hi is not None and not isinstance(default, bool):
         if isinstance(default, int):
             d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
         elif isinstance(default, float):
             d.floating_point_range = [FloatingPointRange(from_value=float(lo),
                                                          to_value=float(hi), step=0.0)]
     return node.declare_parameter(name, default, d).value
+
+
+def declare_required(node: Node, name: str, description: str) -> list[str]:
+    """A string-array parameter without a default: refuse to start when it is not set."""
+    from rclpy.parameter import Parameter
+    value = node.declare_parameter(name, Parameter.Type.STRING_ARRAY,
+                                   ParameterDescriptor(description=description)).value
+    if not value:
+        raise ValueError(f"parameter {name!r} is required: {description}")
+    return list(value)
+
+
+def declare_settings(node: Node, cls, defaults=None, only: tuple[str, ...] | None = None
+                     ) -> dict:
+    """Declare one parameter per recipe setting of `cls` (core/recipe.py): its name, help,
+    range and type come from the dataclass field; its default from `defaults` (an instance,
+    e.g. the checkpoint's SamplerConfig) or the field's adopted value. Returns {name: value}."""
+    from ..core.recipe import settings
+    out = {}
+    for s in settings(cls, only):
+        default = getattr(defaults, s.name) if defaults is not None else s.default
+        if s.kind is float:
+            default = float(default)
+        if isinstance(default, tuple):
+            default = list(default)
+        value = declare(node, s.name, default, s.describe(), s.lo, s.hi)
+        out[s.name] = tuple(value) if isinstance(s.default, tuple) else value
+    return out
+
+
+def declare_sampler(node: Node, checkpoint) -> dict:
+    """The sampler's recipe settings as parameters whose defaults are the checkpoint's values;
+    returns them as overrides of the checkpoint's SamplerConfig (the same in every node)."""
+    from ..core.checkpoint import read_sampler_config
+    from ..core.config import SamplerConfig
+    return declare_settings(node, SamplerConfig, read_sampler_config(checkpoint),
+                            SamplerConfig.RECIPE)
 
 
 def declare_model(node: Node):

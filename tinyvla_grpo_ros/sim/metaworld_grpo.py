@@ -1,10 +1,10 @@
-"""GRPO on a Meta-World task in one process: the learning experiments of bench/learning.py.
+"""GRPO on a Meta-World task in one process: the runner of bench/bench_learning.py.
 
 The same core as the ROS loop (sampler, adapters, GRPOLearner, EpisodeRecord), without the
 transport: a group's G episodes run in lock-step in G scenes so that one batched sampler call
-serves all of them (the model runs once per decision point, not G times).
+serves all of them (`sim.rollout.run_lockstep`).
 
-As on a robot, the task has a fixed cell of `pool_size` initial states (never seen in the SFT
+As on a robot, the task has a fixed cell of `cell` initial states (never seen in the SFT
 demonstrations); each update draws `groups_per_update` of them and runs G stochastic rollouts of
 each (drawn by `init_sampling`, core/init_states.py, as the episode manager draws them);
 success is the deterministic (mean-chain) success over the whole cell, measured every
@@ -22,161 +22,84 @@ held-out figure is not (those states played no part in choosing it).
 
 With `state_rollouts` = n > 0, each cell state also gets n stochastic rollouts at the SFT start
 and at the last version: how many states the policy never, sometimes or always solves
-(core/init_states.outcome_classes). GRPO from outcome rewards learns only on the "sometimes"
-states, so the SFT split bounds what it can lift within a budget.
-
-With `explore_window` = W > 0, each group explores in a window of W decisions only, drawn per
-group, and takes the deterministic chunk everywhere else, its G rollouts sharing x_K at every
-decision (common random numbers): they are one episode until the window, and their outcomes
-differ only through the scored noise inside it. GRPO then credits the W chunks whose noise made
-the difference, not all of an episode's chunks, and improves the deterministic policy that the
-evaluation measures. Measured in the README ("Variants tried").
+(core/init_states.outcome_classes). With `shuffle_credit`, the null experiment: each group's
+outcomes go to its episodes in a random order (what the updates alone do to success).
 """
 from __future__ import annotations
 
 import dataclasses
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..core.adapters import AdaptedPolicy, AdapterConfig
+from ..core.adapters import PRESETS, AdaptedPolicy, AdapterConfig
 from ..core.checkpoint import load_checkpoint
-from ..core.grpo import outcome_reward
-from ..core.init_states import check_mode, latest_groups, outcome_classes, pick_init_states
-from ..core.learner import GRPOConfig, GRPOLearner
-from ..core.rollout_store import EpisodeRecord
-from ..core.sampler import DiffusionSampler, paired_init_noise
+from ..core.config import GRPOConfig
+from ..core.init_states import SAMPLING_MODES, latest_groups, outcome_classes, pick_init_states
+from ..core.learner import GRPOLearner
+from ..core.recipe import check_ranges, setting
+from ..core.rollout_store import EpisodeRecord, episode_record
+from ..core.sampler import DiffusionSampler
 from .metaworld_scene import MetaWorldScene
-from .rollout import scene_observation
+from .rollout import LockstepEpisode, run_lockstep
 from .sft_start import EVAL_FIRST_ID
 
 CELL_FIRST_ID = 2_000           # the cell's init states: 2000 + 100 * seed + i
 
 
-@dataclass
-class LockstepEpisode:
-    init_state_id: int
-    success: bool = False
-    steps: int = 0
-    progress: float = 0.0       # best shaped task reward of the episode, [0, 1]
-    frames: list[dict[str, torch.Tensor]] = field(default_factory=list)
+@dataclass(frozen=True)
+class RunConfig:
+    """One learning run of the bench: budget, cell, evaluation and what trains."""
 
+    episodes: int = setting(384, "GRPO episodes per run (an update takes G x "
+                            "groups_per_update of them)", lo=1, hi=10**7)
+    groups_per_update: int = setting(2, "groups of G rollouts per learner update", lo=1,
+                                     hi=1000)
+    cell: int = setting(30, "init states in the task's cell (what the robot trains on)", lo=1,
+                        hi=10_000)
+    heldout: int = setting(20, "held-out init states, evaluated before and after", lo=1,
+                           hi=10_000)
+    eval_every: int = setting(4, "updates between evaluations of the cell", lo=1, hi=10**6)
+    eval_draws: int = setting(2, "paired x_K draws each evaluation averages (the same draws "
+                              "for every version of a run)", lo=1, hi=1000)
+    init_sampling: str = setting("informative", "how each update draws its init states "
+                                 "(core/init_states.py)", choices=SAMPLING_MODES)
+    preset: str = setting("adapters+head+norms", "trainable set (core/adapters.py)",
+                          choices=PRESETS)
+    lora_rank: int = setting(8, "LoRA rank", lo=1, hi=256)
+    goal_marker_radius: float = setting(0.04, "goal drawn this wide, m (rendering only)",
+                                        lo=0.0, hi=1.0)
+    max_steps: int = setting(150, "simulator steps before an episode times out", lo=1,
+                             hi=100_000)
+    state_rollouts: int = setting(0, "stochastic rollouts per cell state at SFT and at the "
+                                  "last version (0 = skip)", lo=0, hi=1000)
+    shuffle_credit: bool = setting(False, "the null experiment: each group's outcomes go to "
+                                   "its episodes in a random order")
 
-@torch.no_grad()
-def run_lockstep(scenes: list[MetaWorldScene], model, sampler: DiffusionSampler,
-                 init_ids: list[int], deterministic: bool, generator: torch.Generator,
-                 record: bool = False, shared_init_noise: int = 0,
-                 noise_key: int | None = None, explore: list[range] | None = None
-                 ) -> list[LockstepEpisode]:
-    """One episode per init id, scene i running init_ids[i]; batched decisions.
-
-    shared_init_noise = G > 0: episodes i // G (a group) share x_K at each decision index, so
-    that within a group outcomes differ only through the scored steps (common random numbers).
-
-    noise_key = k: the x_K of the episode of init id i at decision index d is drawn from its own
-    generator, seeded by (k, i, d) (`core.sampler.paired_init_noise`). The draw then belongs to
-    the state and the decision, not to the batch: two evaluations with the same key meet the same
-    x_K in every state at every decision, whichever other episodes ran beside them or ended
-    earlier. Without it, x_K comes from `generator` for the episodes still running, so once two
-    versions end an episode at different steps, the later draws fall to other states.
-
-    explore = [range, ...] (one per episode, with deterministic=False): episode i samples
-    stochastically, and records, only at the decision indices in explore[i]; at every other
-    decision it takes the deterministic (mean-chain) chunk, the one an evaluation takes. With
-    shared_init_noise, the G rollouts of a group are then one and the same episode up to the
-    window and differ only through the scored noise inside it."""
-    if len(init_ids) > len(scenes):
-        raise ValueError(f"{len(init_ids)} episodes need as many scenes, have {len(scenes)}")
-    if shared_init_noise < 0:
-        raise ValueError(f"shared_init_noise is a group size (0 = off), got {shared_init_noise}")
-    if shared_init_noise and noise_key is not None:
-        raise ValueError("shared_init_noise and noise_key both choose x_K: pass one of them")
-    if explore is not None and (deterministic or len(explore) != len(init_ids)):
-        raise ValueError(f"explore needs deterministic=False and one window per episode "
-                         f"({len(init_ids)}), got deterministic={deterministic} and "
-                         f"{len(explore)} windows")
-    eps = [LockstepEpisode(i) for i in init_ids]
-    for scene, i in zip(scenes, init_ids):
-        scene.reset(i)
-    active = list(range(len(init_ids)))
-    n_exec = sampler.executed_steps()
-    decision = 0
-    while active:
-        parts = [scene_observation(scenes[k]) for k in active]
-        obs = type(parts[0])(torch.cat([p.images for p in parts]),
-                             torch.cat([p.state for p in parts]),
-                             [s for p in parts for s in p.instruction])
-        init_noise = None
-        if shared_init_noise:
-            per_group = torch.randn((-(-len(init_ids) // shared_init_noise), model.config.horizon,
-                                     model.config.action_dim), generator=generator)
-            init_noise = per_group[[k // shared_init_noise for k in active]]
-        elif noise_key is not None:
-            init_noise = paired_init_noise(noise_key, [init_ids[k] for k in active], decision,
-                                           (model.config.horizon, model.config.action_dim))
-        if explore is None:
-            splits = [(torch.arange(len(active)), deterministic)]
-        else:
-            mask = torch.tensor([decision in explore[k] for k in active])
-            splits = [(mask.nonzero().squeeze(1), False), ((~mask).nonzero().squeeze(1), True)]
-        decision += 1
-        actions = torch.empty((len(active), model.config.horizon, model.config.action_dim))
-        for rows, det in splits:
-            if not len(rows):
-                continue
-            part = obs if len(rows) == len(active) else obs.select(rows)
-            chunk = sampler.sample(model, part, generator, deterministic=det,
-                                   init_noise=None if init_noise is None else init_noise[rows])
-            actions[rows] = chunk.actions
-            for j, row in enumerate(rows.tolist()):
-                if record and not (explore is not None and det):
-                    eps[active[row]].frames.append({
-                        "images": part.images[j], "states": part.state[j],
-                        "chains": chunk.chain[j], "log_probs": chunk.log_probs[j]})
-        still = []
-        for row, k in enumerate(active):
-            for a in actions[row, :n_exec].numpy():
-                r = scenes[k].step(a)
-                if r.done:
-                    eps[k].success, eps[k].steps, eps[k].progress = r.success, r.steps, \
-                        r.progress
-                    break
-            else:
-                still.append(k)
-        active = still
-    return eps
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def credit_at_random(eps: list[LockstepEpisode], G: int, rng: np.random.Generator) -> None:
-    """The null experiment: within each group of G, the outcomes (success and progress) go to
-    the episodes in a random order. Same outcomes, so the same advantages and update sizes, and
-    no signal in which rollout earned them: what the updates alone do to success."""
+    """The null experiment: within each group of G, the outcomes go to the episodes in a random
+    order. Same outcomes, so the same advantages and update sizes, and no signal in which
+    rollout earned them: what the updates alone do to success."""
     for g in range(0, len(eps), G):
         part = eps[g:g + G]
-        outcomes = [(e.success, e.progress) for e in part]
+        outcomes = [e.success for e in part]
         for e, j in zip(part, rng.permutation(len(part))):
-            e.success, e.progress = outcomes[j]
+            e.success = outcomes[j]
 
 
-def to_records(eps: list[LockstepEpisode], group_id: str, task: str, adapter: str, version: int,
-               instruction: str, n_exec: int, progress_weight: float = 0.0
-               ) -> list[EpisodeRecord]:
-    out = []
-    for j, e in enumerate(eps):
-        stack = lambda k, e=e: torch.stack([f[k] for f in e.frames])  # noqa: E731
-        tensors = {"images": stack("images"), "states": stack("states"),
-                   "chains": stack("chains"), "log_probs": stack("log_probs"),
-                   "executed": torch.full((len(e.frames),), n_exec)} if e.frames else {}
-        out.append(EpisodeRecord(
-            episode_id=f"{group_id}-e{j}", group_id=group_id, task=task,
-            init_state_id=e.init_state_id, adapter_name=adapter, adapter_version=version,
-            instruction=instruction,
-            reward=outcome_reward(e.success, e.progress, progress_weight), success=e.success,
-            tensors=tensors))
-    return out
+def to_records(eps: list[LockstepEpisode], group_id: str, task: str, version: int,
+               instruction: str) -> list[EpisodeRecord]:
+    return [episode_record(e.frames, success=e.success, episode_id=f"{group_id}-e{j}",
+                           group_id=group_id, task=task, init_state_id=e.init_state_id,
+                           adapter_name=task, adapter_version=version, instruction=instruction)
+            for j, e in enumerate(eps)]
 
 
 def rss_mb() -> float:
@@ -184,41 +107,30 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384,
-                       preset: str = "adapters", grpo: GRPOConfig | None = None,
-                       groups_per_update: int = 2, pool_size: int = 20, heldout: int = 20,
-                       eval_every: int = 4, lora_rank: int = 8,
-                       sampler_overrides: dict | None = None, init_sampling: str = "uniform",
-                       state_rollouts: int = 0, group_init_noise: bool = False,
-                       shuffle_rewards: bool = False, eval_draws: int = 1,
-                       noise_prior: bool = False, progress_weight: float = 0.0,
-                       explore_window: int = 0, log=print, **scene_kw) -> dict:
+def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, run: RunConfig | None = None,
+                       grpo: GRPOConfig | None = None, sampler_overrides: dict | None = None,
+                       log=print) -> dict:
+    """One learning run: SFT start -> `run.episodes` GRPO episodes, evaluated on the way."""
     t_start = time.time()
-    check_mode(init_sampling)
-    outcome_reward(False, 0.0, progress_weight)     # refuses a bad weight before any work
-    if not 1 <= eval_draws <= 1_000:    # noise keys 1000 seed + j stay apart between seeds
-        raise ValueError(f"eval_draws must be in 1..1000, got {eval_draws}")
+    run = run or RunConfig()
     torch.manual_seed(seed)
     model, scfg, meta = load_checkpoint(checkpoint)
     scfg = dataclasses.replace(scfg, **(sampler_overrides or {}))   # e.g. K', the noise floor
     grpo = grpo or GRPOConfig(device="cpu")
-    G = grpo.group_size
-    policy = AdaptedPolicy(model, AdapterConfig(preset=preset, rank=lora_rank,
-                                                 noise_prior=noise_prior), [task])
+    G, preset, eval_draws, state_rollouts = grpo.group_size, run.preset, run.eval_draws, \
+        run.state_rollouts
+    policy = AdaptedPolicy(model, AdapterConfig(preset=preset, rank=run.lora_rank), [task])
     sampler = DiffusionSampler(model.config, scfg)
     learner = GRPOLearner(policy, sampler, grpo)
-    n_scenes = max(G * groups_per_update, pool_size, heldout)
-    scenes = [MetaWorldScene(task, image_size=model.config.image_size, **scene_kw)
+    n_scenes = max(G * run.groups_per_update, run.cell, run.heldout)
+    scenes = [MetaWorldScene(task, image_size=model.config.image_size, max_steps=run.max_steps,
+                             goal_marker_radius=run.goal_marker_radius)
               for _ in range(n_scenes)]
     instruction = scenes[0].instruction
-    decisions = -(-scenes[0].max_steps // sampler.executed_steps())     # of a whole episode
-    if not 0 <= explore_window <= decisions:
-        raise ValueError(f"explore_window must be in 0..{decisions} (decisions of an episode), "
-                         f"got {explore_window}")
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    cell = [CELL_FIRST_ID + 100 * seed + i for i in range(pool_size)]
-    held = list(range(EVAL_FIRST_ID, EVAL_FIRST_ID + heldout))
+    cell = [CELL_FIRST_ID + 100 * seed + i for i in range(run.cell)]
+    held = list(range(EVAL_FIRST_ID, EVAL_FIRST_ID + run.heldout))
 
     draws_log: dict[str, list[list[float]]] = {"cell": [], "heldout": []}
 
@@ -263,25 +175,17 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
     explore: list[tuple[int, float]] = []
     stats_log, learner_s, done, version, peak_update_mb = [], 0.0, 0, 0, 0.0
     latest: dict[int, tuple[int, int]] = {}     # init id -> (successes, G) of its latest group
-    updates = episodes // (G * groups_per_update)
+    updates = run.episodes // (G * run.groups_per_update)
     for u in range(updates):
-        picks = pick_init_states(cell, latest, init_sampling, rng, groups_per_update)
+        picks = pick_init_states(cell, latest, run.init_sampling, rng, run.groups_per_update)
         ids = [i for i in picks for _ in range(G)]
-        windows = None
-        if explore_window:          # one window per group, shared by its G rollouts
-            starts = rng.integers(0, decisions - explore_window + 1, size=len(picks))
-            windows = [range(int(s0), int(s0) + explore_window) for s0 in starts
-                       for _ in range(G)]
-        eps = run_lockstep(scenes, policy.model, sampler, ids, False, gen, record=True,
-                           shared_init_noise=G if group_init_noise or explore_window else 0,
-                           explore=windows)
+        eps = run_lockstep(scenes, policy.model, sampler, ids, False, gen, record=True)
         latest.update(latest_groups((i, [e.success for e in eps[g * G:(g + 1) * G]])
                                     for g, i in enumerate(picks)))
-        if shuffle_rewards:
+        if run.shuffle_credit:
             credit_at_random(eps, G, rng)
-        groups = [to_records(eps[g * G:(g + 1) * G], f"u{u:03d}-g{g}", task, task, version,
-                             instruction, sampler.executed_steps(), progress_weight)
-                  for g in range(groups_per_update)]
+        groups = [to_records(eps[g * G:(g + 1) * G], f"u{u:03d}-g{g}", task, version,
+                             instruction) for g in range(run.groups_per_update)]
         done += len(ids)
         explore.append((done, float(np.mean([e.success for e in eps]))))
         t0, rss0 = time.perf_counter(), rss_mb()
@@ -291,7 +195,7 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
         if st.optimizer_steps:
             version += 1
         stats_log.append({"update": u, "episodes": done, **st.as_dict()})
-        if (u + 1) % eval_every == 0 or u == updates - 1:
+        if (u + 1) % run.eval_every == 0 or u == updates - 1:
             curve.append((done, success("cell")))
             if curve[-1][1] >= kept["cell"]:
                 kept = {"version": version, "cell": curve[-1][1], "episodes": done,
@@ -332,16 +236,5 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, episodes: int = 384
         "trainable_params": sum(p.numel() for p in policy.trainable_parameters()),
         "update_rss_growth_mb": round(peak_update_mb, 1),
         "wall_seconds": round(time.time() - t_start, 1), "updates": stats_log,
-        "grpo": {k: getattr(grpo, k) for k in ("group_size", "lr", "epochs", "minibatch_size",
-                                                "clip_low", "clip_high", "kl_coef",
-                                                "target_kl", "warmup_steps",
-                                                "base_lr_scale", "loss_aggregation",
-                                                "ratio", "elbo_samples",
-                                                "negative_advantage_scale",
-                                                "noise_prior_lr_scale")},
-        "groups_per_update": groups_per_update, "lora_rank": lora_rank,
-        "init_sampling": init_sampling, "group_init_noise": group_init_noise,
-        "shuffle_rewards": shuffle_rewards, "noise_prior": noise_prior,
-        "progress_weight": progress_weight, "explore_window": explore_window,
-        "state_outcomes": outcomes,
-        "sampler": scfg.to_dict()}
+        "grpo": dataclasses.asdict(grpo), "run": dataclasses.asdict(run),
+        "state_outcomes": outcomes, "sampler": scfg.to_dict()}

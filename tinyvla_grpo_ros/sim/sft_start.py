@@ -29,6 +29,18 @@ from .metaworld_scene import ACTION_NAMES, JOINT_NAMES
 from .rollout import record_expert_demos, success_rate
 
 EVAL_FIRST_ID = 10_000       # held-out init states start here (demos use 0..N-1)
+# The learning bench's SFT start per task: (demos, SFT steps), for a decent but clearly imperfect
+# policy (docs/RESULTS.md lists each start's measured success).
+TASK_SFT = {"reach-v3": (60, 3000), "button-press-topdown-v3": (10, 1000), "push-v3": (60, 3000)}
+
+
+def task_sft_start(task: str, cache: Path, goal_marker_radius: float = 0.04, demos: int = 0,
+                   steps: int = 0) -> Path:
+    """The SFT start of `task` (built once, then cached): TASK_SFT's demos and steps unless
+    `demos` > 0 is given."""
+    demos, steps = (demos, steps) if demos else TASK_SFT.get(task, (60, 3000))
+    return build_sft_start(task, demos, steps, cache=cache,
+                           goal_marker_radius=goal_marker_radius)
 
 
 def build_sft_start(task: str = "reach-v3", demos: int = 60, steps: int = 3000,

@@ -1,9 +1,9 @@
 """Where does an SFT policy's outcome randomness come from: the initial noise x_K, or the K'
 scored denoising steps? GRPO can credit only the second (x_K does not depend on the weights).
 
-    python bench/diag_noise_sources.py                       # reach and push, cell of seed 1
-    python bench/diag_noise_sources.py --tasks push-v3 --seed 2 --xk-draws 5 --rollouts 8
-    python bench/diag_noise_sources.py --xk-draws 10 --out eval_spread   # evaluation noise
+    python experiments/diag_noise_sources.py                       # reach and push, cell of seed 1
+    python experiments/diag_noise_sources.py --tasks push-v3 --seed 2 --xk-draws 5 --rollouts 8
+    python experiments/diag_noise_sources.py --xk-draws 10 --out eval_spread   # evaluation noise
 
 Per cell state (the learning bench's cell, bench_learning.py), on the cached SFT start:
 - x_K only: deterministic (mean-chain) runs from `--xk-draws` draws of x_K. A state is
@@ -41,8 +41,9 @@ def measure(task: str, ckpt: str, seed: int, cell: int, xk_draws: int, rollouts:
     from tinyvla_grpo_ros.core.checkpoint import load_checkpoint
     from tinyvla_grpo_ros.core.init_states import outcome_classes
     from tinyvla_grpo_ros.core.sampler import DiffusionSampler
-    from tinyvla_grpo_ros.sim.metaworld_grpo import CELL_FIRST_ID, run_lockstep
+    from tinyvla_grpo_ros.sim.metaworld_grpo import CELL_FIRST_ID
     from tinyvla_grpo_ros.sim.metaworld_scene import MetaWorldScene
+    from tinyvla_grpo_ros.sim.rollout import run_lockstep
 
     t0 = time.time()
     model, scfg, _ = load_checkpoint(ckpt)
@@ -113,10 +114,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default="noise_sources")
     args = ap.parse_args()
-    from bench_learning import require_positive, sft_checkpoint
-    require_positive(ap, args, ("cell", "xk_draws", "rollouts", "jobs"))
-    sft_args = argparse.Namespace(demos=0, sft_steps=0, goal_marker_radius=0.04)
-    ckpts = {t: str(sft_checkpoint(t, sft_args)) for t in args.tasks}
+    from tinyvla_grpo_ros.sim.sft_start import task_sft_start
+    for name in ("cell", "xk_draws", "rollouts", "jobs"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    ckpts = {t: str(task_sft_start(t, ROOT / "cache" / "sft")) for t in args.tasks}
     os.environ["OMP_NUM_THREADS"] = "1"
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         futs = [pool.submit(measure, t, ckpts[t], args.seed, args.cell, args.xk_draws,
