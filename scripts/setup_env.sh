@@ -40,7 +40,7 @@ if [ ! -f "$STAMPS/requirements" ] || ! cmp -s requirements.lock "$STAMPS/requir
   rm -f "$STAMPS/interfaces"
 fi
 
-# 3. Interfaces. The wheels' exported CMake targets name two build-machine paths (ROS_NOTES.md).
+# 3. Interfaces. The wheels' exported CMake targets name two build-machine paths, linked here.
 PYINC=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 NPINC=$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')
 link_path() {  # link_path TARGET LINK: make LINK point at TARGET unless it already resolves

@@ -93,8 +93,21 @@ def trajectory(action_names: list[str], actions: np.ndarray, control_dt: float
     return traj
 
 
+def hold_trajectory(joints: JointState | None, action_names: list[str], control_dt: float
+                    ) -> JointTrajectory | None:
+    """Hold the arm at its current joint positions (None when they are not all known)."""
+    if joints is None:
+        return None
+    pos = dict(zip(joints.name, joints.position))
+    if not all(n in pos for n in action_names):
+        return None
+    return trajectory(action_names, np.array([[pos[n] for n in action_names]]), control_dt)
+
+
 def diagnostics(problems: list[str], values: dict, stamp) -> DiagnosticArray:
-    """One DiagnosticStatus for the node: WARN with the problems, OK otherwise."""
+    """One DiagnosticStatus for the node: WARN with the problems, OK otherwise. Counters:
+    missed = fresh observations that waited over a decision period for the model,
+    missed_by_swap = those a swap caused by holding the runtime inside an episode."""
     st = DiagnosticStatus(name="tinyvla_grpo/policy_node", hardware_id="policy",
                           level=DiagnosticStatus.WARN if problems else DiagnosticStatus.OK,
                           message="; ".join(problems) or "ok")

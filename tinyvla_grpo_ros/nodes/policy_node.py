@@ -1,18 +1,12 @@
 """policy_node: samples action chunks from cameras + joint states, commands the arm, hot-swaps.
 
-Subscribes  <camera_topics>, joint_states, episode_state, adapter_update (latched), estop.
-Publishes   action_chunk (actions + everything GRPO needs to re-score them), the command
-            (joint_trajectory mode: JointTrajectory on `controller_topic`; chunk mode: the
-            ActionChunk, which sim_node executes), active_adapter (latched), /diagnostics.
-Serves      select_adapter (SelectAdapter.srv), enable (std_srvs/SetBool).
-
-A decision is made when an episode RUNS, the node is enabled, no e-stop is latched and a fresh
-image has arrived; inputs older than `stale_after_s` give no command. Actions are clamped to
-`action_low/high` and `max_delta_per_step`; a hold is sent when the episode stops, on disable,
-on e-stop, and by the watchdog. Evaluation episodes run the mean sampler from an x_K seeded by
-(`seed`, init state, chunk index), the same for every version. Inference runs on a worker
-thread; adapter versions are verified on a loader thread (adapter_swaps.py). Settings:
-core/config.PolicyNodeConfig and the sampler's recipe fields.
+Topics: <camera_topics>, joint_states, episode_state, adapter_update, estop in; action_chunk
+(actions + what GRPO needs to re-score them), the JointTrajectory command (joint_trajectory
+mode), active_adapter, /diagnostics out. Services: select_adapter, enable. It commands only while
+an episode RUNS, the node is enabled and no e-stop is latched, from fresh inputs, within
+`action_low/high` and `max_delta_per_step`; it holds when the episode stops, on disable, e-stop
+and by the watchdog. Inference runs on a worker thread, swaps on a loader thread
+(adapter_swaps.py). Settings: core/config.PolicyNodeConfig and the sampler's recipe fields.
 """
 from __future__ import annotations
 
@@ -78,29 +72,25 @@ class PolicyNode(Node):
         self.image_arrival = time.monotonic()
         self.chunk_index = 0
         self.busy = threading.Lock()
-        # missed: fresh observations that waited longer than a period for the model;
-        # missed_by_swap: those a swap caused by holding the runtime inside an episode.
         self.stats = {"decisions": 0, "missed": 0, "missed_by_swap": 0, "swaps": 0,
                       "stale": 0, "holds": 0, "watchdog_holds": 0, "images": 0}
         self.problem = ""                 # why no command goes out (cleared by a decision)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="inference")
-        self.swaps = AdapterSwaps(self.runtime, self.swap_allowed, self.swapped,
-                                  self.get_logger())
+        self.swaps = AdapterSwaps(self.runtime, lambda: self.swap_between == "chunks" or
+                                  self.between_groups(), self.swapped, self.get_logger())
 
         for topic in self.cameras:
             self.create_subscription(Image, topic, lambda m, t=topic: self.on_image(t, m),
                                      qos_profile_sensor_data)
-        self.create_subscription(JointState, "joint_states", self.on_joints,
-                                 qos_profile_sensor_data)
+        self.create_subscription(JointState, "joint_states",
+                                 lambda m: setattr(self, "joints", m), qos_profile_sensor_data)
         self.create_subscription(EpisodeState, "episode_state", self.on_episode, rc.LATCHED)
         self.create_subscription(AdapterUpdate, cfg.adapter_update_topic, self.on_update,
                                  rc.LATCHED_HISTORY)
         self.create_subscription(Bool, "estop", self.on_estop, rc.RELIABLE)
         self.pub_chunk = self.create_publisher(ActionChunk, "action_chunk", rc.RELIABLE)
-        self.pub_traj = None                 # a controller topic only when it is commanded
-        if self.mode == "joint_trajectory":
-            self.pub_traj = self.create_publisher(JointTrajectory, cfg.controller_topic,
-                                                  rc.RELIABLE)
+        self.pub_traj = self.create_publisher(JointTrajectory, cfg.controller_topic, rc.RELIABLE) \
+            if self.mode == "joint_trajectory" else None     # only a commanded controller
         self.pub_active = self.create_publisher(AdapterUpdate, "active_adapter", rc.LATCHED)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # Reentrant: the callback waits for the loader thread without blocking decisions.
@@ -108,8 +98,7 @@ class PolicyNode(Node):
                             callback_group=ReentrantCallbackGroup())
         self.create_service(SetBool, "enable", self.on_enable)
         self.period = self.n_exec * self.control_dt
-        # A streaming camera (30 Hz) must not make every frame a decision point: at most one
-        # decision per period. A simulator that publishes one image per decision point sets 0.
+        # at most one decision per period; 0: every fresh image (a sim's one per decision)
         self.min_interval = self.period if cfg.decision_period_s < 0 else cfg.decision_period_s
         self.last_decision_t = -1e9
         self.create_timer(min(self.period, 0.02), self.decide)
@@ -126,9 +115,6 @@ class PolicyNode(Node):
         self.stats["images"] += 1
         if len(self.images) == len(self.cameras):
             self.decide()                       # react at once; the timer is the fallback
-
-    def on_joints(self, msg: JointState) -> None:
-        self.joints = msg
 
     def on_episode(self, msg: EpisodeState) -> None:
         was_running = self.episode.state == EpisodeState.RUNNING
@@ -239,12 +225,9 @@ class PolicyNode(Node):
         hold = policy_io.hold_chunk(self.action_names)
         hold.header.stamp = self.get_clock().now().to_msg()
         self.pub_chunk.publish(hold)
-        if self.mode == "joint_trajectory" and self.joints is not None:
-            pos = dict(zip(self.joints.name, self.joints.position))
-            if all(n in pos for n in self.action_names):
-                self.pub_traj.publish(policy_io.trajectory(
-                    self.action_names, np.array([[pos[n] for n in self.action_names]]),
-                    self.control_dt))
+        traj = policy_io.hold_trajectory(self.joints, self.action_names, self.control_dt)
+        if self.mode == "joint_trajectory" and traj is not None:
+            self.pub_traj.publish(traj)
         self.last_command = None
         self.stats["holds"] += 1
         self.get_logger().info(f"hold sent ({why})")
@@ -262,16 +245,12 @@ class PolicyNode(Node):
             self.set_problem(why)
 
     # ----- adapters -----
-    def swap_allowed_between_groups(self) -> bool:
+    def between_groups(self) -> bool:
         return self.episode.state in (EpisodeState.IDLE, EpisodeState.WAITING_FOR_UPDATE)
-
-    def swap_allowed(self) -> bool:
-        return self.swap_between == "chunks" or self.swap_allowed_between_groups()
 
     def swapped(self, p, held_ms: float) -> None:
         self.stats["swaps"] += 1
-        if not self.swap_allowed_between_groups() and held_ms > self.period * 1e3:
-            self.stats["missed_by_swap"] += 1
+        self.stats["missed_by_swap"] += not self.between_groups() and held_ms > self.period * 1e3
         self.publish_active()
 
     def on_update(self, msg: AdapterUpdate) -> None:
