@@ -48,7 +48,8 @@ def child(kind: str, preset: str) -> dict:
         for e in g:
             e.adapter_name = "task"
     learner = GRPOLearner(policy, sampler, GRPOConfig(group_size=G, epochs=4 if kind ==
-                                                       "learner" else 1, device=dev))
+                                                       "learner" else 1, target_kl=0.0,
+                                                       device=dev))
     base = current_rss_mb()
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -86,12 +87,10 @@ def main() -> None:
           f"full {f_mb:.0f} MB")
     print(f"adapters_vs_full_memory_ratio={a_mb / f_mb:.3f}")
 
-    from tinyvla_grpo_ros.core.learner import GRPOConfig
-    from tinyvla_grpo_ros.sim.toy_grpo import run_toy_grpo
+    from tinyvla_grpo_ros.sim.toy_grpo import run_toy_grpo, toy_grpo_config
     res = run_toy_grpo(seed=0, updates=12, states_per_update=8, num_init_states=16,
                        preset="adapters+head+norms", eval_every=2,
-                       grpo=GRPOConfig(group_size=8, lr=1e-4, epochs=4, minibatch_size=32,
-                                       device="cpu"))
+                       grpo=toy_grpo_config())
     print(f"toy curve (episodes, deterministic success): {res.curve}")
     print(f"toy_success_before={res.success_before:.3f}")
     print(f"toy_success_after={res.success_after:.3f}")

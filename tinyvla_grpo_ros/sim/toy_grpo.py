@@ -50,6 +50,14 @@ def success_rate(env: ToyReach, policy: AdaptedPolicy, sampler: DiffusionSampler
     return env.success(ids, chunk.actions).float().mean().item()
 
 
+def toy_grpo_config(**overrides) -> GRPOConfig:
+    """The toy's learner settings (lr 1e-4, minibatch 32, no KL stop, warm-up or base-lr scale):
+    the toy's head is small and trains at the full rate."""
+    return GRPOConfig(**(dict(group_size=8, lr=1e-4, epochs=4, minibatch_size=32,
+                              micro_batch_size=64, target_kl=0.0, warmup_steps=0,
+                              base_lr_scale=1.0, device="cpu") | overrides))
+
+
 def run_toy_grpo(seed: int = 0, updates: int = 4, group_size: int = 8, states_per_update: int = 8,
                  num_init_states: int = 16, preset: str = "adapters+head+norms",
                  grpo: GRPOConfig | None = None, sft_steps: int = 400, eval_every: int = 1
@@ -65,8 +73,7 @@ def run_toy_grpo(seed: int = 0, updates: int = 4, group_size: int = 8, states_pe
                                                           stochastic_steps=3,
                                                           min_sampling_std=0.1,
                                                           min_logprob_std=0.1))
-    grpo = grpo or GRPOConfig(group_size=group_size, lr=3e-4, epochs=4, minibatch_size=64,
-                              micro_batch_size=64, device="cpu")
+    grpo = grpo or toy_grpo_config(group_size=group_size, lr=3e-4, minibatch_size=64)
     learner = GRPOLearner(policy, sampler, grpo)
     gen = torch.Generator().manual_seed(seed)
     pool = [100_000 * (seed + 1) + i for i in range(num_init_states)]
