@@ -179,11 +179,11 @@ class EpisodeManagerNode(Node):
         self.machine.step()
 
     def on_chunk(self, msg: ActionChunk) -> None:
-        Kp, Ta, Da = len(msg.log_probs), msg.horizon, msg.action_dim
+        Ta, Da = msg.horizon, msg.action_dim     # evaluation chunks carry no log-probs
         try:
             frame = {"images": np.stack([rc.image_to_numpy(i) for i in msg.images]),
                      "states": np.asarray(msg.joint_positions, np.float32),
-                     "chains": np.asarray(msg.chain, np.float32).reshape(Kp + 1, Ta, Da),
+                     "chains": np.asarray(msg.chain, np.float32).reshape(-1, Ta, Da),
                      "log_probs": np.asarray(msg.log_probs, np.float32),
                      "executed": msg.executed_steps}
         except (rc.BadImage, ValueError) as e:
