@@ -159,7 +159,13 @@ class EpisodeManagerNode(Node):
         threading.Thread(target=carry_out, name="guard_rollback", daemon=True).start()
 
     def log(self, level: str, text: str) -> None:
-        getattr(self.get_logger(), level)(text)
+        # one call site per severity: rclpy refuses a call site that changes severity
+        if level == "error":
+            self.get_logger().error(text)
+        elif level == "warning":
+            self.get_logger().warning(text)
+        else:
+            self.get_logger().info(text)
 
     # ----- inputs -----
     def tick(self) -> None:
