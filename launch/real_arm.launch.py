@@ -1,37 +1,26 @@
-"""On a real arm: policy + episode manager (operator resets and marks) + learner.
+"""On a real arm: policy + episode manager (the operator resets and marks) + learner.
 
-The arm's driver must provide a camera topic, /joint_states and a joint_trajectory_controller; the
-model's actions must be joint positions in the order of `joint_names` (end-effector actions need
-your IK between policy_node and the controller).
+The arm's driver provides the camera topics, joint_states and a joint_trajectory_controller; the
+model's actions must be joint positions in the order of `action_names` (end-effector actions need
+your IK between policy_node and the controller). Until an episode can run, the nodes say on
+/diagnostics what they wait for (camera frames, joint_states, the operator's scene_ready).
 
-    ros2 launch tinyvla_grpo_ros real_arm.launch.py checkpoint:=/path/to/sft \
-        camera:=/camera/color/image_raw controller:=/joint_trajectory_controller/joint_trajectory
+    ros2 launch tinyvla_grpo_ros real_arm.launch.py checkpoint:=/path/to/sft \\
+        camera_topics:="['/camera/color/image_raw']" \\
+        controller_topic:=/joint_trajectory_controller/joint_trajectory [namespace:=arm1]
 """
-import os
-
-from ament_index_python.packages import get_package_share_directory
 from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
 
 from launch import LaunchDescription
+from tinyvla_grpo_ros.launch_helpers import arguments, node, value
 
 
 def generate_launch_description():
-    params = os.path.join(get_package_share_directory("tinyvla_grpo_ros"), "config",
-                          "real_arm.yaml")
-    ckpt = LaunchConfiguration("checkpoint")
-    return LaunchDescription([
-        DeclareLaunchArgument("checkpoint", description="SFT checkpoint directory"),
-        DeclareLaunchArgument("camera", default_value="/camera/color/image_raw"),
-        DeclareLaunchArgument("controller",
+    policy = {"camera_topics": value("camera_topics", list[str]),
+              "controller_topic": value("controller_topic")}
+    return LaunchDescription(arguments("real_arm.yaml") + [
+        DeclareLaunchArgument("camera_topics", default_value="['/camera/color/image_raw']",
+                              description="camera image topics, a YAML list"),
+        DeclareLaunchArgument("controller_topic",
                               default_value="/joint_trajectory_controller/joint_trajectory"),
-        Node(package="tinyvla_grpo_ros", executable="policy_node",
-             parameters=[params, {"checkpoint": ckpt,
-                                  "camera_topics": [LaunchConfiguration("camera")],
-                                  "controller_topic": LaunchConfiguration("controller")}],
-             remappings=[("joint_states", "/joint_states")]),
-        Node(package="tinyvla_grpo_ros", executable="episode_manager_node", parameters=[params]),
-        Node(package="tinyvla_grpo_ros", executable="learner_node",
-             parameters=[params, {"checkpoint": ckpt}]),
-    ])
+        node("policy_node", policy), node("episode_manager_node"), node("learner_node")])

@@ -291,3 +291,17 @@ def test_store_prunes_old_groups(tmp_path):
     for g in range(4):
         store.write_episode(_record("e0", group=f"g{g}"))
     assert store.groups("a") == ["g2", "g3"]
+
+
+def test_an_update_asked_to_stop_raises_between_minibatches():
+    from tinyvla_grpo_ros.core.learner import UpdateCancelled
+    policy, sampler, learner = setup("adapters", minibatch_size=2, micro_batch_size=2)
+    groups = make_groups(policy, sampler)
+    asked = []
+
+    def stop_after_two():
+        asked.append(1)
+        return len(asked) > 2
+    with pytest.raises(UpdateCancelled, match="after 2 step"):
+        learner.update(groups, should_stop=stop_after_two)
+    assert learner.update(groups, should_stop=lambda: False).optimizer_steps == 4

@@ -223,3 +223,24 @@ def test_bad_settings_are_refused_by_name():
         em.EpisodeManagerConfig(group_size=1)
     with pytest.raises(ValueError, match="reset_mode"):
         em.EpisodeManagerConfig(reset_mode="magic")
+
+
+def test_the_machines_states_are_the_episode_state_messages_constants():
+    from tinyvla_grpo_interfaces.msg import EpisodeState
+    assert (em.IDLE, em.RESETTING, em.RUNNING, em.STORING, em.WAITING_FOR_UPDATE) == (
+        EpisodeState.IDLE, EpisodeState.RESETTING, EpisodeState.RUNNING, EpisodeState.STORING,
+        EpisodeState.WAITING_FOR_UPDATE)
+
+
+def test_the_machine_says_what_it_waits_for(tmp_path):
+    m, port = make(tmp_path, reset_mode="operator")
+    assert "active adapter" in m.waiting_for()
+    m.set_version(0)
+    m.set_paused(True)
+    assert "resume" in m.waiting_for()
+    m.set_paused(False)
+    m.step()
+    assert "scene_ready" in m.waiting_for()
+    m.scene_is_ready()
+    m.step()
+    assert m.waiting_for() == ""

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import rclpy
 import torch
-import yaml
 from rclpy.parameter import Parameter
 
 from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
@@ -19,6 +18,7 @@ from tinyvla_grpo_ros.core.config import (
 from tinyvla_grpo_ros.core.episode_machine import EpisodeManagerConfig
 from tinyvla_grpo_ros.core.model import TinyVLAPolicy
 from tinyvla_grpo_ros.core.recipe import add_arguments, from_arguments, settings
+from tinyvla_grpo_ros.launcher import node_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted((ROOT / "config").glob("*.yaml"))
@@ -27,8 +27,7 @@ NODE_RECIPES = {"learner_node": (GRPOConfig,), "policy_node": (PolicyNodeConfig,
 
 
 def sections(path):
-    return {k: v["ros__parameters"] for k, v in yaml.safe_load(path.read_text()).items()
-            if isinstance(v, dict) and "ros__parameters" in v}
+    return node_sections(path)
 
 
 def test_every_setting_has_a_help_and_its_default_passes_its_own_checks():

@@ -31,6 +31,19 @@ SHARED_TOPICS = {"policy_node": {"adapter_update_topic": "/adapter_update"},
                                   "group_ready_topic": "/group_ready"}}
 
 
+def node_sections(params_file: Path) -> dict[str, dict]:
+    """{node name: its parameters} of a ROS 2 params file. Keys may be plain (`policy_node`,
+    matching that node in the root namespace only) or wildcards (`/**/policy_node`, matching it
+    in any namespace, as the shipped files are written)."""
+    data = yaml.safe_load(Path(params_file).read_text()) or {}
+    out = {}
+    for key, body in data.items():
+        name = key.removeprefix("/**/").strip("/")
+        if isinstance(body, dict) and "ros__parameters" in body:
+            out[name] = body["ros__parameters"]
+    return out
+
+
 def node_command(section: str, params_file: Path, overrides: dict[str, str], ns: str = ""
                  ) -> list[str]:
     if section not in NODES:
@@ -61,7 +74,7 @@ class Launch:
     def __init__(self, params_file: Path, overrides: dict[str, dict[str, str]] | None = None,
                  only: list[str] | None = None, ns: str = "", log_dir: Path | None = None,
                  robots: list[str] | None = None) -> None:
-        sections = yaml.safe_load(Path(params_file).read_text())
+        sections = node_sections(params_file)
         self.names = [n for n in sections if n in NODES and (not only or n in only)]
         unknown = set(overrides or {}) - set(self.names)
         if unknown:

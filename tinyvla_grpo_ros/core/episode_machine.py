@@ -376,6 +376,26 @@ class EpisodeMachine:
         self.state = state
         self.port.publish_state()
 
+    def waiting_for(self) -> str:
+        """What keeps the next episode from running ("" when one runs or is about to)."""
+        with self.lock:
+            if self.version is None:
+                return "policy_node's active adapter version (is policy_node running?)"
+            if self.paused:
+                return "the operator to resume learning (paused)"
+            if not self.start_requested:
+                return "the operator's start"
+            if self.state == RESETTING and self.cfg.reset_mode == "operator":
+                return "the operator's scene_ready (reset the scene, then press Scene ready)"
+            if self.state == RESETTING:
+                return "the simulator's reset_scene service"
+            if self.state == WAITING_FOR_UPDATE:
+                return "the learner's next adapter version"
+            if self.state == IDLE and self.cfg.num_groups and \
+                    self.groups_done >= self.cfg.num_groups:
+                return "nothing: all num_groups groups are done"
+            return ""
+
     def snapshot(self) -> dict:
         """What the operator's panel shows."""
         rate = lambda xs: (sum(xs) / len(xs)) if xs else None  # noqa: E731

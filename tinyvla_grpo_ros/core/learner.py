@@ -32,7 +32,12 @@ from .model import Observation
 from .rollout_store import EpisodeRecord
 from .sampler import DiffusionSampler
 
-__all__ = ["Batch", "GRPOConfig", "GRPOLearner", "UpdateStats", "build_batch"]
+__all__ = ["Batch", "GRPOConfig", "GRPOLearner", "UpdateCancelled", "UpdateStats",
+           "build_batch"]
+
+
+class UpdateCancelled(RuntimeError):
+    """`update` stopped between two minibatches because `should_stop()` said so (shutdown)."""
 
 
 @dataclass
@@ -190,8 +195,11 @@ class GRPOLearner:
             idx = torch.arange(start, min(start + self.cfg.micro_batch_size, len(b)))
             self.accumulate(b.select(idx), normalizer, acc)
 
-    def update(self, groups: list[list[EpisodeRecord]], generator: torch.Generator | None = None
-               ) -> UpdateStats:
+    def update(self, groups: list[list[EpisodeRecord]], generator: torch.Generator | None = None,
+               should_stop=None) -> UpdateStats:
+        """One GRPO update over `groups`. should_stop() is asked before every minibatch; when it
+        says yes, UpdateCancelled is raised (the weights are then half-updated: the caller
+        writes no version from them)."""
         stats = UpdateStats()
         versions = {(e.adapter_name, e.adapter_version) for g in groups for e in g}
         if len(versions) > 1:
@@ -211,6 +219,9 @@ class GRPOLearner:
                 break
             perm = torch.randperm(len(batch), generator=generator)
             for start in range(0, len(batch), self.cfg.minibatch_size):
+                if should_stop is not None and should_stop():
+                    model.eval()
+                    raise UpdateCancelled(f"update stopped after {stats.optimizer_steps} step(s)")
                 acc: dict[str, float] = {}
                 self.minibatch_gradient(batch.select(perm[start:start + self.cfg.minibatch_size]),
                                         acc)

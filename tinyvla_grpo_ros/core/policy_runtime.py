@@ -18,7 +18,7 @@ from .adapters import AdaptedPolicy, AdapterConfig, read_adapter_version, versio
 from .checkpoint import load_checkpoint
 from .config import SamplerConfig
 from .model import Observation
-from .sampler import Chunk, DiffusionSampler
+from .sampler import Chunk, DiffusionSampler, paired_init_noise
 
 
 @dataclass
@@ -60,10 +60,16 @@ class PolicyRuntime:
     @torch.no_grad()
     def act(self, images: np.ndarray, state: np.ndarray, instruction: str,
             generator: torch.Generator | None = None, deterministic: bool = False,
-            init_noise: torch.Tensor | None = None) -> tuple[Chunk, str, int]:
+            paired: tuple[int, int, int] | None = None) -> tuple[Chunk, str, int]:
         """images (Nc, H, W, 3) uint8, state (Ds,) -> (chunk with B = 1, adapter, version).
 
-        init_noise (1, Ta, Da): x_K to start from instead of a draw (`paired_init_noise`)."""
+        paired = (seed, init state, chunk index): x_K is `paired_init_noise`'s draw for them
+        instead of one from `generator`, so that every version meets the same x_K."""
+        init_noise = None
+        if paired is not None:
+            cfg = self.policy.model.config
+            seed, init_id, index = paired
+            init_noise = paired_init_noise(seed, [init_id], index, (cfg.horizon, cfg.action_dim))
         obs = Observation(torch.from_numpy(np.ascontiguousarray(images))[None].to(self.device),
                           torch.from_numpy(np.asarray(state, np.float32))[None].to(self.device),
                           [instruction])

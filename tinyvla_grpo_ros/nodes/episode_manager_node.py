@@ -2,11 +2,10 @@
 
 Subscribes  action_chunk, active_adapter (latched), success (std_msgs/Bool, the simulator's),
             adapter_update (the learner's, for rollbacks and the panel), joy, <image_topic>.
-Publishes   episode_state (latched), episode_outcome, group_ready (latched with history).
+Publishes   episode_state (latched), episode_outcome, group_ready, /diagnostics.
 Serves      mark_outcome, scene_ready, start, pause_learning, evaluate_now, rollback_adapter
-            (-> learner_node's restore_adapter, or policy_node's select_adapter when no learner
-            answers). The web panel (panel_server.py) and a gamepad / foot pedal (Joy: rising
-            edges, hold-to-confirm) call the same machine methods as the services.
+            (-> learner_node's restore_adapter, else policy_node's select_adapter). The web
+            panel and a gamepad (Joy, hold-to-confirm) call the same machine methods.
 Settings: core/episode_machine.EpisodeManagerConfig, plus the store, panel and Joy parameters.
 """
 from __future__ import annotations
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -43,16 +43,13 @@ MARK_CODES = {MarkOutcome.Request.SUCCESS: "success", MarkOutcome.Request.FAILUR
 DECIDED = {"operator": EpisodeOutcome.DECIDED_BY_OPERATOR,
            "simulator": EpisodeOutcome.DECIDED_BY_SIMULATOR,
            "timeout": EpisodeOutcome.DECIDED_BY_TIMEOUT}
-assert (em.IDLE, em.RESETTING, em.RUNNING, em.STORING, em.WAITING_FOR_UPDATE) == (
-    EpisodeState.IDLE, EpisodeState.RESETTING, EpisodeState.RUNNING, EpisodeState.STORING,
-    EpisodeState.WAITING_FOR_UPDATE)
 
 
 class EpisodeManagerNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("episode_manager_node", **kwargs)
         cfg = em.EpisodeManagerConfig(**rc.declare_settings(self, em.EpisodeManagerConfig))
-        root = rc.declare(self, "store_root", "runs/rollouts", "rollout store directory")
+        root = rc.declare(self, "store_root", rc.data_dir("rollouts"), "rollout store directory")
         keep = rc.declare(self, "keep_groups", 0, "prune to N groups (0 = keep all)", 0, 10**6)
         restore_srv = rc.declare(self, "restore_service", "restore_adapter",
                                  "learner_node's SelectAdapter service for rollbacks")
@@ -80,6 +77,10 @@ class EpisodeManagerNode(Node):
         self.reset_future = None
         self.machine = em.EpisodeMachine(cfg, RolloutStore(Path(root), keep_groups=keep),
                                          self.robot, self)
+        self.mark_episode, self.scene_is_ready, self.set_paused = \
+            self.machine.mark, self.machine.scene_is_ready, self.machine.set_paused
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.waiting = ""                # what keeps an episode from running (on change: log)
         self.create_subscription(ActionChunk, "action_chunk", self.on_chunk, rc.RELIABLE)
         self.create_subscription(AdapterUpdate, "active_adapter", self.on_active, rc.LATCHED)
         self.create_subscription(Bool, "success", lambda m: self.machine.sim_succeeded(m.data),
@@ -87,7 +88,8 @@ class EpisodeManagerNode(Node):
         self.create_subscription(AdapterUpdate, "adapter_update", self.on_learner,
                                  rc.LATCHED_HISTORY)
         self.create_subscription(Joy, "joy", self.on_joy, 10)
-        self.create_subscription(Image, image_topic, self.on_image, qos_profile_sensor_data)
+        self.create_subscription(Image, image_topic, lambda m: setattr(self, "last_image", m),
+                                 qos_profile_sensor_data)
         self.create_service(MarkOutcome, "mark_outcome", self.on_mark)
         self.create_service(Trigger, "scene_ready", lambda q, r: self.answer(
             r, self.machine.scene_is_ready()))
@@ -104,6 +106,7 @@ class EpisodeManagerNode(Node):
         self.restore_client = self.create_client(SelectAdapter, restore_srv,
                                                  callback_group=reentrant)
         self.create_timer(0.02, self.tick)
+        self.create_timer(1.0, self.publish_diagnostics)
         self.publish_state()
         self.panel = None
         if panel_port >= 0:
@@ -112,6 +115,7 @@ class EpisodeManagerNode(Node):
             self.get_logger().info(f"operator panel on http://{panel_host}:{self.panel.port}/")
         self.get_logger().info(f"episode manager: {cfg.task}, G={cfg.group_size}, "
                                f"init states {list(cfg.init_state_ids)}")
+        self.publish_diagnostics()
 
     # ----- the machine's port -----
     def publish_state(self) -> None:
@@ -214,9 +218,6 @@ class EpisodeManagerNode(Node):
             if k in ("loss", "approx_kl", "clip_fraction", "grad_norm", "skipped_fraction",
                      "groups", "seconds")}
 
-    def on_image(self, msg: Image) -> None:
-        self.last_image = msg
-
     def on_joy(self, msg: Joy) -> None:
         for action in self.joy.update(list(msg.buttons), time.monotonic()):
             ok, text = (self.machine.scene_is_ready() if action == "ready"
@@ -259,18 +260,20 @@ class EpisodeManagerNode(Node):
             return bool(fut.result().accepted), fut.result().message
         return False, "neither learner_node's restore nor policy_node's select service answers"
 
-    # ----- the panel's backend -----
+    # ----- the panel's backend (and mark_episode, scene_is_ready, set_paused: the machine's) --
     def snapshot(self) -> dict:
         return self.machine.snapshot() | {"learner": self.learner_status}
 
-    def mark_episode(self, episode_id: str, outcome: str, source: str) -> tuple[bool, str]:
-        return self.machine.mark(episode_id, outcome, source)
-
-    def scene_is_ready(self) -> tuple[bool, str]:
-        return self.machine.scene_is_ready()
-
-    def set_paused(self, paused: bool) -> tuple[bool, str]:
-        return self.machine.set_paused(paused)
+    def publish_diagnostics(self) -> None:
+        """What the manager waits for, on start, on /diagnostics and in the log on change."""
+        m, waiting = self.machine, self.machine.waiting_for()
+        if waiting and waiting != self.waiting:
+            self.get_logger().warning(f"waiting for {waiting}")
+        self.waiting = waiting
+        self.pub_diag.publish(rc.diagnostics(
+            "episode_manager_node", [f"waiting for {waiting}"] if waiting else [],
+            {"state": em.STATE_NAMES[m.state], "group": m.group_id, "version": m.version},
+            self.get_clock().now().to_msg()))
 
     def thumbnail_png(self) -> bytes | None:
         try:

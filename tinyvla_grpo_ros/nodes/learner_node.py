@@ -42,11 +42,12 @@ from ..core.adapters import (
 )
 from ..core.checkpoint import load_checkpoint
 from ..core.config import GRPOConfig
-from ..core.learner import GRPOLearner
+from ..core.learner import GRPOLearner, UpdateCancelled
 from ..core.rollout_store import RolloutStore
 from ..core.sampler import DiffusionSampler
 from .ros_common import (
     LATCHED_HISTORY,
+    data_dir,
     declare,
     declare_model,
     declare_sampler,
@@ -59,7 +60,7 @@ class LearnerNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("learner_node", **kwargs)
         ckpt, self.tasks, self.root, adapter_cfg = declare_model(self)
-        self.store = RolloutStore(Path(declare(self, "store_root", "runs/rollouts",
+        self.store = RolloutStore(Path(declare(self, "store_root", data_dir("rollouts"),
                                                "rollout store directory")))
         self.groups_per_update = declare(self, "groups_per_update", 1, "groups per update", 1,
                                          1000)
@@ -163,7 +164,12 @@ class LearnerNode(Node):
         t0 = time.perf_counter()
         self.policy.activate(task)
         self.learner.use_optimizer(task)          # the task's own Adam moments and warm-up
-        stats = self.learner.update(groups)
+        try:
+            stats = self.learner.update(groups, should_stop=self.stop.is_set)
+        except UpdateCancelled as e:
+            self.get_logger().info(f"{task}: {e} at shutdown; no version written, "
+                                   f"v{self.versions[task]} stays the newest")
+            return
         if stats.optimizer_steps == 0:
             self.learned.update(group_ids)
             self.get_logger().info(f"{task}: no update from {group_ids} ({stats.groups_skipped} "
@@ -234,9 +240,9 @@ class LearnerNode(Node):
         self.pub.publish(msg)
 
     def close(self) -> None:
-        self.restorer.shutdown(wait=True, cancel_futures=True)
-        self.stop.set()
+        self.stop.set()                  # an update in progress stops at its next minibatch
         self.thread.join(timeout=30)
+        self.restorer.shutdown(wait=True, cancel_futures=True)
 
 
 def main() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 from builtin_interfaces.msg import Duration
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.time import Time
 from sensor_msgs.msg import Image, JointState
 from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
@@ -93,6 +92,19 @@ def trajectory(action_names: list[str], actions: np.ndarray, control_dt: float
     return traj
 
 
+def waiting_for(images: dict[str, Image], cameras: list[str], joints: JointState | None,
+                joint_names: list[str]) -> str:
+    """The inputs that have never arrived ("" once every camera and joint has been seen)."""
+    missing = [f"camera frames on {t}" for t in cameras if t not in images]
+    if joints is None:
+        missing.append("joint_states")
+    else:
+        lacking = [j for j in joint_names if j not in joints.name]
+        if lacking:
+            missing.append(f"joint_states with {lacking}")
+    return ", ".join(missing)
+
+
 def hold_trajectory(joints: JointState | None, action_names: list[str], control_dt: float
                     ) -> JointTrajectory | None:
     """Hold the arm at its current joint positions (None when they are not all known)."""
@@ -102,16 +114,3 @@ def hold_trajectory(joints: JointState | None, action_names: list[str], control_
     if not all(n in pos for n in action_names):
         return None
     return trajectory(action_names, np.array([[pos[n] for n in action_names]]), control_dt)
-
-
-def diagnostics(problems: list[str], values: dict, stamp) -> DiagnosticArray:
-    """One DiagnosticStatus for the node: WARN with the problems, OK otherwise. Counters:
-    missed = fresh observations that waited over a decision period for the model,
-    missed_by_swap = those a swap caused by holding the runtime inside an episode."""
-    st = DiagnosticStatus(name="tinyvla_grpo/policy_node", hardware_id="policy",
-                          level=DiagnosticStatus.WARN if problems else DiagnosticStatus.OK,
-                          message="; ".join(problems) or "ok")
-    st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-    arr = DiagnosticArray(status=[st])
-    arr.header.stamp = stamp
-    return arr

@@ -31,7 +31,6 @@ from trajectory_msgs.msg import JointTrajectory
 from ..core.config import PolicyNodeConfig, resolve_device
 from ..core.policy_runtime import PolicyRuntime
 from ..core.safety import ActionLimits, Watchdog
-from ..core.sampler import paired_init_noise
 from . import policy_io
 from . import ros_common as rc
 from .adapter_swaps import AdapterSwaps
@@ -63,22 +62,20 @@ class PolicyNode(Node):
                                      resolve_device(cfg.device))
         self.n_exec = self.runtime.sampler.executed_steps()
         self.gen = torch.Generator().manual_seed(self.seed)
-        self.images: dict[str, Image] = {}
+        self.images: dict[str, Image] = {}              # the latest message per camera
         self.joints: JointState | None = None
-        self.episode = EpisodeState()
-        self.estop = False
-        self.last_decision_stamp: dict[str, int] = {}
+        self.episode, self.estop, self.chunk_index = EpisodeState(), False, 0
+        self.last_decision_stamp: dict[str, int] = {}   # camera stamps of the last decision
         self.missed_for: dict[str, int] = {}
         self.image_arrival = time.monotonic()
-        self.chunk_index = 0
         self.busy = threading.Lock()
         self.stats = {"decisions": 0, "missed": 0, "missed_by_swap": 0, "swaps": 0,
                       "stale": 0, "holds": 0, "watchdog_holds": 0, "images": 0}
         self.problem = ""                 # why no command goes out (cleared by a decision)
+        self.waiting: str | None = None   # inputs never seen yet (said on start, then on change)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.swaps = AdapterSwaps(self.runtime, lambda: self.swap_between == "chunks" or
                                   self.between_groups(), self.swapped, self.get_logger())
-
         for topic in self.cameras:
             self.create_subscription(Image, topic, lambda m, t=topic: self.on_image(t, m),
                                      qos_profile_sensor_data)
@@ -105,6 +102,7 @@ class PolicyNode(Node):
         self.create_timer(1.0, self.publish_diagnostics)
         self.create_timer(0.1, self.check_watchdog)
         self.publish_active()
+        self.publish_diagnostics()
         self.get_logger().info(f"policy ready: tasks {self.tasks}, {self.mode} mode, "
                                f"decision every {self.period * 1e3:.0f} ms")
 
@@ -157,8 +155,7 @@ class PolicyNode(Node):
         if time.monotonic() - self.last_decision_t < self.min_interval:
             return                                           # the timer decides when it is due
         if not self.busy.acquire(blocking=False):
-            # A decision point is missed when a fresh observation waits longer than one
-            # decision period for the model (counted once per observation).
+            # missed: a fresh observation waits over a period for the model (counted once)
             if time.monotonic() - self.image_arrival > self.period and \
                     self.missed_for != stamp:
                 self.missed_for = stamp
@@ -183,14 +180,12 @@ class PolicyNode(Node):
             t0 = time.perf_counter()
             images, state, oldest, _ = obs
             task = episode.task_id or self.tasks[0]
-            init_noise = None
-            if episode.deterministic:      # paired evaluations: versions meet the same x_K
-                cfg = self.runtime.policy.model.config
-                init_noise = paired_init_noise(self.seed, [episode.init_state_id],
-                                               self.chunk_index, (cfg.horizon, cfg.action_dim))
+            # paired evaluations: every version meets the same x_K in the same scene
+            pairing = (self.seed, episode.init_state_id, self.chunk_index)
             chunk, adapter, version = self.runtime.act(
                 images, state, self.instructions.get(task, task), self.gen,
-                deterministic=episode.deterministic, init_noise=init_noise)
+                deterministic=episode.deterministic,
+                paired=pairing if episode.deterministic else None)
             prev = ActionLimits.previous(self.action_names, self.joint_names, state,
                                          self.last_command)
             actions = self.limits.apply(chunk.actions[0].numpy(), prev)
@@ -205,9 +200,8 @@ class PolicyNode(Node):
                 return                                       # the episode ended meanwhile
             self.pub_chunk.publish(msg)
             if self.mode == "joint_trajectory":
-                self.pub_traj.publish(policy_io.trajectory(self.action_names,
-                                                           actions[: self.n_exec],
-                                                           self.control_dt))
+                self.pub_traj.publish(policy_io.trajectory(
+                    self.action_names, actions[: self.n_exec], self.control_dt))
             self.last_command = actions[self.n_exec - 1].copy()
             self.watchdog.feed(time.monotonic())
             self.stats["decisions"] += 1
@@ -275,13 +269,19 @@ class PolicyNode(Node):
         self.problem = text
 
     def publish_diagnostics(self) -> None:
+        # missed(_by_swap): fresh observations that waited over a period (for a swap's lock)
         adapter, version = self.runtime.active
+        waiting = policy_io.waiting_for(self.images, self.cameras, self.joints, self.joint_names)
+        if waiting != self.waiting and waiting:
+            self.get_logger().warning(f"waiting for {waiting}")
+        self.waiting = waiting
         values = self.stats | {"rejected": self.swaps.rejected,
                                "inference_queue": self.worker._work_queue.qsize(),
                                "loader_queue": self.swaps.loader._work_queue.qsize(),
                                "adapter": adapter, "version": version}
-        self.pub_diag.publish(policy_io.diagnostics(
-            [p for p in (self.problem, self.swaps.problem) if p], values,
+        problems = [p for p in (self.problem, self.swaps.problem) if p]
+        self.pub_diag.publish(rc.diagnostics("policy_node", problems + (
+            [f"waiting for {waiting}"] if waiting else []), values,
             self.get_clock().now().to_msg()))
 
     def close(self) -> None:

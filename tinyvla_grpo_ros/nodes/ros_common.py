@@ -1,6 +1,10 @@
 """Shared by the nodes: the rclpy main() pattern, parameter descriptors, image conversion."""
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -13,6 +17,7 @@ from rclpy.executors import (
 )
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -33,6 +38,13 @@ def declare(node: Node, name: str, default, description: str, lo=None, hi=None):
             d.floating_point_range = [FloatingPointRange(from_value=float(lo),
                                                          to_value=float(hi), step=0.0)]
     return node.declare_parameter(name, default, d).value
+
+
+def data_dir(kind: str) -> str:
+    """Default home of adapters / rollouts: $ROS_HOME/tinyvla_grpo/<kind> (~/.ros when unset),
+    user-writable and independent of the directory a launch was started from."""
+    home = os.environ.get("ROS_HOME") or os.path.join(os.path.expanduser("~"), ".ros")
+    return os.path.join(home, "tinyvla_grpo", kind)
 
 
 def declare_required(node: Node, name: str, description: str) -> list[str]:
@@ -82,10 +94,22 @@ def declare_model(node: Node):
     if not ckpt:
         raise ValueError("parameter 'checkpoint' is required")
     tasks = list(declare(node, "tasks", ["reach-v3"], "tasks = adapter names"))
-    root = declare(node, "adapter_root", "runs/adapters", "directory of adapter versions")
+    root = declare(node, "adapter_root", data_dir("adapters"), "directory of adapter versions")
     preset = declare(node, "trainable_preset", "adapters", "one of " + ", ".join(PRESETS))
     rank = declare(node, "lora_rank", 8, "LoRA rank", 1, 256)
     return Path(ckpt), tasks, Path(root), AdapterConfig(preset=preset, rank=rank)
+
+
+def diagnostics(name: str, problems: list[str], values: dict, stamp):
+    """A DiagnosticArray of one status: WARN naming the problems, OK otherwise."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    st = DiagnosticStatus(name=f"tinyvla_grpo/{name}", hardware_id=name,
+                          level=DiagnosticStatus.WARN if problems else DiagnosticStatus.OK,
+                          message="; ".join(problems) or "ok")
+    st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+    arr = DiagnosticArray(status=[st])
+    arr.header.stamp = stamp
+    return arr
 
 
 def numpy_to_image(img: np.ndarray, stamp, frame_id: str = "camera") -> Image:
@@ -118,24 +142,49 @@ def image_to_numpy(msg: Image) -> np.ndarray:
 
 
 def run(node_factory: Callable[[], Node], threads: int = 4) -> None:
-    """The rclpy main() pattern: init, spin, clean shutdown on Ctrl-C or external shutdown.
+    """The rclpy main(): init, spin, and one clean shutdown however it is asked for.
 
-    threads=1 spins in the main thread (needed where a GL context lives, as in sim_node)."""
-    rclpy.init()
+    SIGINT (once, or twice as a terminal's Ctrl-C under `ros2 launch` delivers it) and SIGTERM
+    only set a flag: the executor stops spinning, the node's `close()` finishes its threads while
+    the context is still valid (so nothing publishes into a closed context), then the node is
+    destroyed and rclpy shut down; the process exits 0. A factory that raises (a bad parameter)
+    exits 1 with its message. threads=1 spins in the main thread (a GL context lives there)."""
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        stop.set()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     node = None
     try:
         node = node_factory()
         executor = (SingleThreadedExecutor() if threads == 1
                     else MultiThreadedExecutor(num_threads=threads))
         executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
         pass
+    except Exception as e:  # noqa: BLE001 - say why the node cannot run, exit non-zero
+        if node is None:
+            print(f"[{getattr(node_factory, '__name__', 'node')}] cannot start: {e}",
+                  file=sys.stderr, flush=True)
+            _shutdown()
+            sys.exit(1)
+        raise
     finally:
         if node is not None:
             close = getattr(node, "close", None)
             if close is not None:
                 close()
             node.destroy_node()
+        _shutdown()
+
+
+def _shutdown() -> None:
+    try:
         if rclpy.ok():
             rclpy.shutdown()
+    except Exception:  # noqa: BLE001 - already shut down by another path
+        pass

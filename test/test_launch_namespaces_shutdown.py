@@ -1,0 +1,103 @@
+"""The project's launcher as a ROS user starts nodes: under a namespace the params file still
+applies (its /**/ keys), and however a node is asked to stop it exits 0 and leaves no error."""
+import re
+import signal
+import time
+
+import pytest
+from rcl_interfaces.srv import GetParameters
+from ros_harness import ROOT, Client
+from test_recipe import tiny_checkpoint
+
+from tinyvla_grpo_ros.launcher import Launch, node_sections
+
+SIM_LOOP = ROOT / "config" / "sim_loop.yaml"
+NODES = ["policy_node", "episode_manager_node", "learner_node"]
+
+
+def start(tmp_path, ns="", robots=None):
+    ckpt = str(tiny_checkpoint(tmp_path))
+    paths = {"adapter_root": str(tmp_path / "adapters")}
+    over = {"policy_node": {"checkpoint": ckpt, "device": "cpu"} | paths,
+            "learner_node": {"checkpoint": ckpt, "store_root": str(tmp_path / "rollouts")}
+            | paths,
+            "episode_manager_node": {"store_root": str(tmp_path / "rollouts"),
+                                     "panel_port": "-1"}}
+    return Launch(SIM_LOOP, over, only=NODES, ns=ns, log_dir=tmp_path, robots=robots)
+
+
+def wait_ready(launch, tmp_path, labels, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    ready = {"policy_node": "policy ready", "episode_manager_node": "episode manager:",
+             "learner_node": "learner ready"}
+    while time.monotonic() < deadline:
+        assert launch.poll() is None, logs(tmp_path)
+        if all(ready[label.split(".")[-1]] in (tmp_path / f"{label}.log").read_text()
+               for label in labels):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not ready in {timeout} s\n{logs(tmp_path)}")
+
+
+def logs(tmp_path):
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-2500:]}" for p in tmp_path.glob("*.log"))
+
+
+def parameters(client, node, names):
+    resp = client.call(GetParameters, f"{node}/get_parameters", GetParameters.Request(
+        names=names))
+    out = {}
+    for name, v in zip(names, resp.values):
+        out[name] = [v.bool_value, v.integer_value, v.double_value, v.string_value,
+                     list(v.byte_array_value), list(v.bool_array_value),
+                     list(v.integer_array_value), list(v.double_array_value),
+                     list(v.string_array_value)][v.type - 1] if v.type else None
+    return out
+
+
+@pytest.mark.parametrize("robots", [None, ["/arm1", "/arm2"]], ids=["ns", "robots"])
+def test_a_namespaced_node_reports_the_params_files_values(tmp_path, robots):
+    launch = start(tmp_path, ns="" if robots else "/arm1", robots=robots)
+    labels = [f"{r.strip('/')}.{n}" for r in robots for n in NODES if n != "learner_node"] + \
+        ["learner_node"] if robots else NODES
+    client = Client()
+    try:
+        wait_ready(launch, tmp_path, labels)
+        yaml = node_sections(SIM_LOOP)
+        for ns in (robots or ["/arm1"]):
+            for node in ("policy_node", "episode_manager_node"):
+                want = {k: v for k, v in yaml[node].items()
+                        if k not in ("checkpoint", "panel_port", "device")}   # set by start()
+                got = parameters(client, f"{ns}/{node}", list(want))
+                for k, v in want.items():
+                    assert got[k] == v, f"{ns}/{node}.{k}: {got[k]!r}, the YAML says {v!r}"
+        learner_ns = "" if robots else "/arm1"
+        want = {k: v for k, v in yaml["learner_node"].items() if k != "checkpoint"}
+        assert parameters(client, f"{learner_ns}/learner_node", list(want)) == want
+    finally:
+        client.close()
+        launch.stop()
+
+
+@pytest.mark.parametrize("how", ["sigint", "sigint_twice", "sigterm"])
+def test_every_node_exits_0_cleanly_however_it_is_stopped(tmp_path, how):
+    launch = start(tmp_path)
+    wait_ready(launch, tmp_path, NODES)
+    time.sleep(1.0)                     # timers, diagnostics and the panel are running
+    for p in launch.procs.values():
+        if how == "sigterm":
+            p.send_signal(signal.SIGTERM)
+        else:
+            p.send_signal(signal.SIGINT)
+            if how == "sigint_twice":   # a terminal's Ctrl-C under ros2 launch: twice, at once
+                time.sleep(0.02)
+                p.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    for label, p in launch.procs.items():
+        p.wait(timeout=20)
+        assert p.returncode == 0, f"{label} exited {p.returncode}\n{logs(tmp_path)}"
+    assert time.monotonic() - t0 < 15
+    text = logs(tmp_path)
+    for bad in ("Traceback", "context is invalid", "terminate called", "Failed to publish"):
+        assert bad not in text, f"{bad!r} after {how}\n{text}"
+    assert not re.search(r"\[ERROR\]", text), text
