@@ -1,7 +1,6 @@
 """episode_manager_node: the ROS shell of core/episode_machine.py (groups, outcomes, storage).
 
-Subscribes  action_chunk, active_adapter (latched), success (std_msgs/Bool, the simulator's),
-            adapter_update (the learner's, for rollbacks and the panel), joy, <image_topic>.
+Subscribes  action_chunk, active_adapter, success (the simulator's), adapter_update, joy, image.
 Publishes   episode_state (latched), episode_outcome, group_ready, /diagnostics.
 Serves      mark_outcome, scene_ready, start, pause_learning, evaluate_now, rollback_adapter
             (-> learner_node's restore_adapter, else policy_node's select_adapter). The web
@@ -190,6 +189,8 @@ class EpisodeManagerNode(Node):
 
     def on_chunk(self, msg: ActionChunk) -> None:
         Ta, Da = msg.horizon, msg.action_dim     # evaluation chunks carry no log-probs
+        if not msg.episode_id or Ta == 0:         # a hold: nothing to record
+            return
         try:
             frame = {"images": np.stack([rc.image_to_numpy(i) for i in msg.images]),
                      "states": np.asarray(msg.joint_positions, np.float32),

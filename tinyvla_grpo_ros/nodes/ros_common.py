@@ -156,7 +156,7 @@ def run(node_factory: Callable[[], Node], threads: int = 4) -> None:
         stop.set()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    node = None
+    node = executor = None
     try:
         node = node_factory()
         executor = (SingleThreadedExecutor() if threads == 1
@@ -174,6 +174,8 @@ def run(node_factory: Callable[[], Node], threads: int = 4) -> None:
             sys.exit(1)
         raise
     finally:
+        if executor is not None:
+            executor.shutdown(timeout_sec=10.0)      # callbacks in flight finish first
         if node is not None:
             close = getattr(node, "close", None)
             if close is not None:
@@ -188,3 +190,7 @@ def _shutdown() -> None:
             rclpy.shutdown()
     except Exception:  # noqa: BLE001 - already shut down by another path
         pass
+    # rclpy's shutdown restores the handlers it found before init (the default, which would
+    # kill the process with -2 when `ros2 launch` forwards a late second SIGINT): exiting now.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
