@@ -175,13 +175,24 @@ def run(node_factory: Callable[[], Node], threads: int = 4) -> None:
         raise
     finally:
         if executor is not None:
-            executor.shutdown(timeout_sec=10.0)      # callbacks in flight finish first
+            _drain(executor)
         if node is not None:
             close = getattr(node, "close", None)
             if close is not None:
                 close()
             node.destroy_node()
         _shutdown()
+
+
+def _drain(executor) -> None:
+    """Let the callbacks in flight finish, then shut the executor down. rclpy 9's
+    MultiThreadedExecutor.shutdown destroys its guard condition before it waits for its worker
+    threads, so a callback still running then fails ("cannot use Destroyable"); its thread
+    pool is drained first here."""
+    pool = getattr(executor, "_executor", None)
+    if pool is not None:
+        pool.shutdown(wait=True)
+    executor.shutdown(timeout_sec=10.0)
 
 
 def _shutdown() -> None:
