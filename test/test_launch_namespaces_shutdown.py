@@ -104,3 +104,41 @@ def test_every_node_exits_0_cleanly_however_it_is_stopped(tmp_path, how):
                 "never retrieved"):
         assert bad not in text, f"{bad!r} after {how}\n{text}"
     assert not re.search(r"\[ERROR\]", text), text
+
+
+def test_a_learner_stopped_mid_update_exits_0_and_writes_no_torn_version(tmp_path):
+    """A stored group of the SFT version is learned from at start; SIGINT lands during that
+    update: the learner stops at its next minibatch, exits 0, and v0000 stays the newest."""
+    import torch
+
+    from tinyvla_grpo_ros.core.checkpoint import load_checkpoint
+    from tinyvla_grpo_ros.core.rollout_store import RolloutStore, episode_record
+    from tinyvla_grpo_ros.core.sampler import DiffusionSampler
+    from tinyvla_grpo_ros.core.synthetic import random_obs
+    ckpt = tiny_checkpoint(tmp_path)
+    model, scfg, _ = load_checkpoint(ckpt)
+    sampler, store = DiffusionSampler(model.config, scfg), RolloutStore(tmp_path / "rollouts")
+    obs = random_obs(model.config, B=60)
+    chunk = sampler.sample(model, obs, torch.Generator().manual_seed(0))
+    frames = [{"images": obs.images[i], "states": obs.state[i], "chains": chunk.chain[i],
+               "log_probs": chunk.log_probs[i], "executed": 4} for i in range(60)]
+    for j in range(8):                      # 8 episodes x 60 chunks: a many-step update
+        store.write_episode(episode_record(
+            frames, success=bool(j % 2), episode_id=f"e{j}", group_id="robot-g0",
+            task="reach-v3", init_state_id=0, adapter_name="reach-v3", adapter_version=0,
+            instruction="reach"))
+    launch = Launch(SIM_LOOP, {"learner_node": {
+        "checkpoint": str(ckpt), "adapter_root": str(tmp_path / "adapters"),
+        "store_root": str(tmp_path / "rollouts"), "minibatch_size": "16",
+        "micro_batch_size": "16", "target_kl": "0.0"}}, only=["learner_node"],
+        log_dir=tmp_path)
+    wait_ready(launch, tmp_path, ["learner_node"])
+    time.sleep(0.5)
+    proc = launch.procs["learner_node"]
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=20)
+    text = logs(tmp_path)
+    assert proc.returncode == 0, text
+    assert "at shutdown; no version written, v0 stays the newest" in text, text
+    versions = sorted(p.name for p in (tmp_path / "adapters" / "reach-v3").iterdir())
+    assert versions == ["v0000"], versions                    # no torn or partial v0001
