@@ -3,7 +3,9 @@
 ActionLimits: per-dimension clamps and a maximum change per control step. The change is measured
 from the action in force before the chunk: the current joint positions when actions are joint
 positions, else the last command sent (rest = zeros at the start of an episode, for rate or
-end-effector-delta actions). Non-finite values never reach the arm.
+end-effector-delta actions). Non-finite values never reach the arm. A joint reading outside the
+limits stops commands (`reading_problem`); a hold goes to `hold_target`: the last command, else
+the last good reading, never a raw reading.
 
 Watchdog: while an episode runs, a fresh command must go out every `timeout_s`; when none has,
 `expired()` says so once per lapse, and the node holds the arm.
@@ -53,6 +55,33 @@ class ActionLimits:
             out[t] = a
             prev = a
         return out
+
+    def reading_problem(self, action_names: list[str], joint_names: list[str],
+                        state: np.ndarray) -> str:
+        """For joint-position actions: "" when every commanded joint reads inside its limits,
+        else which one does not (a reading of 1e6, or degrees for radians, must not become the
+        start of a command or of a hold)."""
+        if not set(action_names) <= set(joint_names):
+            return ""
+        pos = dict(zip(joint_names, state))
+        out = [f"{n} reads {pos[n]:.4g} outside [{lo:.4g}, {hi:.4g}]"
+               for n, lo, hi in zip(action_names, self.low, self.high)
+               if not lo <= pos[n] <= hi]
+        return ("joint reading outside the action limits: " + ", ".join(out)) if out else ""
+
+    def hold_target(self, last_command: np.ndarray | None, last_good: np.ndarray | None
+                    ) -> np.ndarray | None:
+        """Where a hold keeps the arm: the last command sent (finite, inside the limits and
+        within max_delta of the one before), else the last good reading (inside the limits);
+        None when neither is known. Never the raw current reading, which may be NaN, far out of
+        range or stale."""
+        for cand in (last_command, last_good):
+            if cand is None:
+                continue
+            c = np.asarray(cand, float)
+            if c.shape == self.low.shape and np.all(np.isfinite(c)):
+                return np.clip(c, self.low, self.high)
+        return None
 
     @staticmethod
     def previous(action_names: list[str], joint_names: list[str], state: np.ndarray,

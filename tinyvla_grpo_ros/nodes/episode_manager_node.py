@@ -72,8 +72,7 @@ class EpisodeManagerNode(Node):
         self.last_image: Image | None = None
         self.learner_status: dict[str, float] = {}
         self.reset_client = self.create_client(ResetScene, reset_srv)
-        self.reset_wanted: int | None = None
-        self.reset_future = None
+        self.reset_wanted, self.reset_future = None, None    # init id to reset to, its call
         self.machine = em.EpisodeMachine(cfg, RolloutStore(Path(root), keep_groups=keep),
                                          self.robot, self)
         self.mark_episode, self.scene_is_ready, self.set_paused = \

@@ -1,0 +1,64 @@
+"""Inputs a decision may use (core/inputs.py) and the hold's target (core/safety.py), no ROS."""
+import numpy as np
+import pytest
+
+from tinyvla_grpo_ros.core.inputs import Freshness, JointTable, fit_image
+from tinyvla_grpo_ros.core.safety import ActionLimits
+
+FRESH = Freshness(stale_after_s=0.5, future_tolerance_s=0.2)
+
+
+def test_freshness_refuses_old_future_and_silent_inputs_by_name():
+    assert FRESH.problem("image_raw", 10.0, 100.0, 10.1, 100.1) == ""
+    assert "0.90 s old" in FRESH.problem("image_raw", 10.0, 100.0, 10.9, 100.1)
+    future = FRESH.problem("image_raw", 3610.0, 100.0, 10.0, 100.0)     # an hour ahead
+    assert "image_raw" in future and "in the future" in future
+    assert FRESH.problem("image_raw", 10.15, 100.0, 10.0, 100.0) == ""  # within tolerance
+    # a dead driver whose last stamp was in the future: judged by arrival
+    silent = FRESH.problem("joint j1", 10.3, 100.0, 10.2, 101.0)
+    assert "nothing new on joint j1" in silent
+
+
+def test_joint_states_of_two_publishers_merge_by_name_each_with_its_own_freshness():
+    t = JointTable()
+    t.update(["j1", "j2"], [0.1, 0.2], stamp_s=10.0, arrival_s=100.0)     # the arm's driver
+    t.update(["gripper"], [0.03], stamp_s=10.0, arrival_s=100.0)           # the gripper's
+    state, oldest = t.read(["gripper", "j1", "j2"], FRESH, 10.1, 100.1)
+    assert state.tolist() == [0.03, 0.1, 0.2] and oldest == 10.0
+    t.update(["j1", "j2"], [0.4, 0.5], stamp_s=10.6, arrival_s=100.6)     # the arm goes on
+    problem = t.read(["gripper", "j1", "j2"], FRESH, 10.7, 100.7)
+    assert isinstance(problem, str) and "gripper" in problem              # the gripper died
+    t.update(["j1"], [9.0], stamp_s=10.0, arrival_s=100.8)                # an older stamp
+    assert t.joints["j1"][0] == 0.4                                       # keeps the newest
+    assert "lacks ['j3']" in t.read(["j3"], FRESH, 10.7, 100.7)
+    assert JointTable().read(["j1"], FRESH, 0, 0) == "no joint_states yet"
+    t.update(["j2"], [float("nan")], stamp_s=10.7, arrival_s=100.7)
+    assert "non-finite" in t.read(["j1", "j2"], FRESH, 10.7, 100.7)
+    assert "names" in t.update(["j1"], [1.0, 2.0], 11.0, 101.0)
+
+
+def test_fit_image_keeps_the_aspect_ratio_by_crop_or_pad():
+    img = np.zeros((480, 640, 3), np.uint8)
+    img[:, :80] = 255                                   # a white band at the left edge
+    crop, pad = fit_image(img, 64, "crop"), fit_image(img, 64, "pad")
+    assert crop.shape == pad.shape == (64, 64, 3)
+    assert crop[:, 0].max() == 0                        # cropped away (80 < 640-480 / 2)
+    assert pad[0].max() == 0 and pad[32, 0].max() > 0   # black bars top/bottom, band kept
+    square = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    assert np.array_equal(fit_image(square, 64), square)     # the sim's frames: unchanged
+    with pytest.raises(ValueError, match="fit"):
+        fit_image(img, 64, "stretch")
+
+
+def test_readings_outside_the_limits_are_named_and_the_hold_never_uses_a_raw_reading():
+    lim = ActionLimits(np.array([-1.0, -1.0]), np.array([1.0, 1.0]), 0.05)
+    names = ["j1", "j2"]
+    assert lim.reading_problem(names, names, np.array([0.5, -0.5])) == ""
+    text = lim.reading_problem(names, names, np.array([1e6, 0.0]))
+    assert "j1 reads 1e+06 outside [-1, 1]" in text
+    assert lim.reading_problem(["ee_dx", "ee_dy"], names, np.array([9.0, 9.0])) == ""
+    last_cmd, last_good = np.array([0.2, 0.1]), np.array([0.0, 0.0])
+    assert lim.hold_target(last_cmd, last_good).tolist() == [0.2, 0.1]
+    assert lim.hold_target(None, last_good).tolist() == [0.0, 0.0]
+    assert lim.hold_target(np.array([np.nan, 0.0]), last_good).tolist() == [0.0, 0.0]
+    assert lim.hold_target(None, None) is None
