@@ -28,8 +28,9 @@ def test_joint_states_of_two_publishers_merge_by_name_each_with_its_own_freshnes
     t.update(["j1", "j2"], [0.4, 0.5], stamp_s=10.6, arrival_s=100.6)     # the arm goes on
     problem = t.read(["gripper", "j1", "j2"], FRESH, 10.7, 100.7)
     assert isinstance(problem, str) and "gripper" in problem              # the gripper died
-    t.update(["j1"], [9.0], stamp_s=10.0, arrival_s=100.8)                # an older stamp
-    assert t.joints["j1"][0] == 0.4                                       # keeps the newest
+    t.update(["j1"], [9.0], stamp_s=9999.0, arrival_s=100.8)    # a clock an hour ahead...
+    t.update(["j1"], [0.6], stamp_s=10.8, arrival_s=100.9)      # ...then fixed: taken again
+    assert t.joints["j1"][0] == 0.6
     assert "lacks ['j3']" in t.read(["j3"], FRESH, 10.7, 100.7)
     assert JointTable().read(["j1"], FRESH, 0, 0) == "no joint_states yet"
     t.update(["j2"], [float("nan")], stamp_s=10.7, arrival_s=100.7)

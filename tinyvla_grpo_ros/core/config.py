@@ -230,7 +230,12 @@ class PolicyNodeConfig:
                                        "/ control_rate_hz; 0: every fresh image)", lo=-1.0,
                                        hi=60.0)
     stale_after_s: float = setting(1.0, "max age of the images and joint states a decision "
-                                   "uses", lo=0.01, hi=60.0)
+                                   "uses, by stamp and by arrival", lo=0.01, hi=60.0)
+    future_tolerance_s: float = setting(0.5, "max time an input's stamp may lie ahead of this "
+                                        "node's clock (unsynchronized clocks)", lo=0.0, hi=60.0)
+    image_fit: str = setting("crop", "how a non-square camera frame becomes the model's square "
+                             "input: center crop or pad (as the SFT data were made)",
+                             choices=("crop", "pad"))
     max_delta_per_step: float = setting(0.0, "max change of an action between control steps "
                                         "(0 = off)", lo=0.0, hi=1e6)
     watchdog_s: float = setting(1.0, "hold the arm when no fresh chunk went out for this long "

@@ -6,7 +6,7 @@ process's monotonic clock). A stamp older than `stale_after_s`, a stamp in the f
 `stale_after_s` ago (a driver that died, whatever its last stamp said) each stop commands,
 with a problem string naming the input.
 
-`JointTable` keeps the newest reading of every joint by name, from any number of publishers
+`JointTable` keeps the latest reading of every joint by name, from any number of publishers
 (an arm and a gripper driver publishing `joint_states` separately); each joint has its own
 freshness. `fit_image` makes a camera frame square the way the SFT data were (center crop, or
 pad with black) and resizes it to the model's input size, so what is decided on, stored and
@@ -28,15 +28,15 @@ class Freshness:
     def problem(self, what: str, stamp_s: float, arrival_s: float, now_s: float,
                 now_arrival_s: float) -> str:
         """"" when the input is fresh, else why not."""
+        silent = now_arrival_s - arrival_s
+        if silent > self.stale_after_s:
+            return f"stale inputs: nothing new on {what} for {silent:.2f} s (driver down?)"
         age = now_s - stamp_s
         if age < -self.future_tolerance_s:
             return (f"{what} is stamped {-age:.2f} s in the future (clocks not synchronized?; "
                     f"tolerance {self.future_tolerance_s} s)")
         if age > self.stale_after_s:
             return f"stale inputs: {what} is {age:.2f} s old"
-        silent = now_arrival_s - arrival_s
-        if silent > self.stale_after_s:
-            return f"stale inputs: nothing new on {what} for {silent:.2f} s (driver down?)"
         return ""
 
 
@@ -51,10 +51,8 @@ class JointTable:
         names, positions = list(names), list(positions)
         if len(names) != len(positions):
             return f"joint_states with {len(names)} names and {len(positions)} positions"
-        for n, p in zip(names, positions):
-            old = self.joints.get(n)
-            if old is None or stamp_s >= old[1]:
-                self.joints[n] = (float(p), stamp_s, arrival_s)
+        for n, p in zip(names, positions):      # the newest to arrive: a stamp may be wrong
+            self.joints[n] = (float(p), stamp_s, arrival_s)
         return ""
 
     def read(self, joint_names: list[str], fresh: Freshness, now_s: float,

@@ -1,8 +1,10 @@
 """policy_node's conversions: messages in -> an observation, a chunk -> messages out.
 
-No state here: policy_node keeps the latest messages and calls these functions.
+`Inputs` keeps the latest camera frames and joint readings; the functions build messages.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 from builtin_interfaces.msg import Duration
@@ -11,43 +13,87 @@ from sensor_msgs.msg import Image, JointState
 from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from ..core.inputs import Freshness, JointTable, fit_image
 from ..core.sampler import Chunk, DiffusionSampler
-from .ros_common import BadImage, image_to_numpy
+from .ros_common import BadImage, image_to_numpy, numpy_to_image
 
 
-def observation(images: dict[str, Image], cameras: list[str], joints: JointState | None,
-                joint_names: list[str], now: Time, stale_after_s: float):
-    """(images (Nc, H, W, 3), state (Ds,), oldest stamp, the image messages used) or a string
-    naming the problem. The chunk must carry exactly these messages: a newer frame arriving
-    during inference would make the stored observation differ from the one sampled from."""
-    imgs, stamps, used = [], [], []
-    for topic in cameras:
-        msg = images.get(topic)
-        if msg is None:
-            return f"no image yet on {topic}"
-        used.append(msg)
-        try:
-            imgs.append(image_to_numpy(msg))
-        except BadImage as e:
-            return f"bad image on {topic}: {e}"
-        stamps.append(Time.from_msg(msg.header.stamp))
-    if len({i.shape for i in imgs}) > 1:
-        return f"cameras disagree on image size: {[i.shape for i in imgs]}"
-    if joints is None:
-        return "no joint_states yet"
-    pos = dict(zip(joints.name, joints.position))
-    missing = [j for j in joint_names if j not in pos]
-    if missing:
-        return f"joint_states lacks {missing}"
-    state = np.array([pos[j] for j in joint_names], np.float64)
-    if not np.all(np.isfinite(state)):
-        return f"non-finite joint positions {state.tolist()}"
-    stamps.append(Time.from_msg(joints.header.stamp))
-    oldest = min(stamps, key=lambda t: t.nanoseconds)
-    age = (now - oldest).nanoseconds * 1e-9
-    if age > stale_after_s:
-        return f"stale inputs: oldest is {age:.2f} s old"
-    return np.stack(imgs), state, oldest, used
+class Inputs:
+    """The latest camera frames and joint readings, and the observation a decision may use.
+
+    Frames keep their arrival time; joints are merged by name across publishers
+    (core/inputs.JointTable). `observation()` fits every frame to the model's input size
+    (crop or pad to a square, as the SFT data; core/inputs.fit_image) and hands back new Image
+    messages of those frames: what the model saw is what the chunk carries and the store
+    keeps, whatever the camera's resolution."""
+
+    def __init__(self, cameras: list[str], joint_names: list[str], fresh: Freshness,
+                 size: int, fit: str) -> None:
+        self.cameras, self.joint_names, self.fresh = cameras, joint_names, fresh
+        self.size, self.fit = size, fit
+        self.images: dict[str, tuple[Image, float]] = {}      # topic -> (message, arrival)
+        self.joints = JointTable()
+        self.last_good: np.ndarray | None = None              # joint state of the last decision
+
+    def on_joints(self, msg: JointState, arrival: float) -> str:
+        return self.joints.update(msg.name, msg.position, Time.from_msg(
+            msg.header.stamp).nanoseconds * 1e-9, arrival)
+
+    def waiting_for(self) -> str:
+        """The inputs that have never arrived ("" once every camera and joint has been seen)."""
+        missing = [f"camera frames on {t}" for t in self.cameras if t not in self.images]
+        lacking = [j for j in self.joint_names if j not in self.joints.joints]
+        if lacking:
+            missing.append("joint_states" if not self.joints.joints
+                           else f"joint_states with {lacking}")
+        return ", ".join(missing)
+
+    def observation(self, now: Time, now_arrival: float):
+        """(images (Nc, S, S, 3), state (Ds,), oldest stamp, the fitted image messages) or a
+        string naming the problem."""
+        now_s = now.nanoseconds * 1e-9
+        imgs, stamps, used = [], [], []
+        for topic in self.cameras:
+            if topic not in self.images:
+                return f"no image yet on {topic}"
+            msg, arrival = self.images[topic]
+            stamp = Time.from_msg(msg.header.stamp).nanoseconds * 1e-9
+            problem = self.fresh.problem(f"camera {topic}", stamp, arrival, now_s, now_arrival)
+            if problem:
+                return problem
+            try:
+                img = fit_image(image_to_numpy(msg), self.size, self.fit)
+            except BadImage as e:
+                return f"bad image on {topic}: {e}"
+            imgs.append(img)
+            stamps.append(stamp)
+            used.append(numpy_to_image(img, msg.header.stamp, msg.header.frame_id))
+        joints = self.joints.read(self.joint_names, self.fresh, now_s, now_arrival)
+        if isinstance(joints, str):
+            return joints
+        state, joint_stamp = joints
+        oldest = min(stamps + [joint_stamp])
+        return np.stack(imgs), state, Time(nanoseconds=int(oldest * 1e9)), used
+
+
+def observation_for(node, task: str):
+    """policy_node's observation for a decision on `task`, or why there is none: a task the
+    policy does not serve, a missing, stale, future or bad input, or a joint reading outside
+    the action limits. Keeps the last good reading (in action order) for the hold."""
+    if task and task not in node.tasks:
+        return (f"episode for task {task!r}, which this policy does not serve (it serves "
+                f"{node.tasks})")
+    obs = node.inputs.observation(node.get_clock().now(), time.monotonic())
+    if isinstance(obs, str):
+        return obs
+    state = obs[1]
+    problem = node.limits.reading_problem(node.action_names, node.joint_names, state)
+    if problem:
+        return problem
+    if set(node.action_names) <= set(node.joint_names):
+        pos = dict(zip(node.joint_names, state))
+        node.inputs.last_good = np.array([pos[n] for n in node.action_names])
+    return obs
 
 
 def chunk_message(chunk: Chunk, actions: np.ndarray, sampler: DiffusionSampler, adapter: str,
@@ -92,25 +138,10 @@ def trajectory(action_names: list[str], actions: np.ndarray, control_dt: float
     return traj
 
 
-def waiting_for(images: dict[str, Image], cameras: list[str], joints: JointState | None,
-                joint_names: list[str]) -> str:
-    """The inputs that have never arrived ("" once every camera and joint has been seen)."""
-    missing = [f"camera frames on {t}" for t in cameras if t not in images]
-    if joints is None:
-        missing.append("joint_states")
-    else:
-        lacking = [j for j in joint_names if j not in joints.name]
-        if lacking:
-            missing.append(f"joint_states with {lacking}")
-    return ", ".join(missing)
 
-
-def hold_trajectory(joints: JointState | None, action_names: list[str], control_dt: float
+def hold_trajectory(target: np.ndarray | None, action_names: list[str], control_dt: float
                     ) -> JointTrajectory | None:
-    """Hold the arm at its current joint positions (None when they are not all known)."""
-    if joints is None:
+    """Hold the arm at `target` (ActionLimits.hold_target); None when there is none."""
+    if target is None:
         return None
-    pos = dict(zip(joints.name, joints.position))
-    if not all(n in pos for n in action_names):
-        return None
-    return trajectory(action_names, np.array([[pos[n] for n in action_names]]), control_dt)
+    return trajectory(action_names, np.asarray(target, float)[None], control_dt)

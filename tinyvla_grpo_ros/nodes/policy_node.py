@@ -29,6 +29,7 @@ from tinyvla_grpo_interfaces.srv import SelectAdapter
 from trajectory_msgs.msg import JointTrajectory
 
 from ..core.config import PolicyNodeConfig, resolve_device
+from ..core.inputs import Freshness
 from ..core.policy_runtime import PolicyRuntime
 from ..core.safety import ActionLimits, Watchdog
 from . import policy_io
@@ -47,40 +48,38 @@ class PolicyNode(Node):
         self.action_names = rc.declare_required(self, "action_names", "names of the action "
                                              "dimensions (joint names for joint positions)")
         cfg = self.cfg = PolicyNodeConfig(**rc.declare_settings(self, PolicyNodeConfig))
-        n = len(self.action_names)
-        lo = rc.declare(self, "action_low", [-1.0] * n, "lower limit per action dimension")
-        hi = rc.declare(self, "action_high", [1.0] * n, "upper limit per action dimension")
+        lo, hi = (rc.declare(self, f"action_{k}", [v] * len(self.action_names), f"{k} limit "
+                             "per action dimension") for k, v in (("low", -1.0), ("high", 1.0)))
         sampler_overrides = rc.declare_sampler(self, ckpt)
         self.cameras, self.mode, self.enabled = list(cfg.camera_topics), cfg.command_mode, \
             cfg.enabled
-        self.control_dt, self.swap_between, self.seed = 1.0 / cfg.control_rate_hz, \
-            cfg.swap_between, cfg.seed
+        self.control_dt = 1.0 / cfg.control_rate_hz
         self.limits = ActionLimits(np.array(lo), np.array(hi), cfg.max_delta_per_step)
         self.watchdog = Watchdog(cfg.watchdog_s)
-        self.last_command: np.ndarray | None = None
+        self.last_command = self.last_sent = None    # rate limit's start; where a hold stays
         self.runtime = PolicyRuntime(ckpt, self.tasks, root, adapter_cfg, sampler_overrides,
                                      resolve_device(cfg.device))
         self.n_exec = self.runtime.sampler.executed_steps()
-        self.gen = torch.Generator().manual_seed(self.seed)
-        self.images: dict[str, Image] = {}              # the latest message per camera
-        self.joints: JointState | None = None
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.inputs = policy_io.Inputs(
+            self.cameras, self.joint_names, Freshness(cfg.stale_after_s, cfg.future_tolerance_s),
+            self.runtime.policy.model.config.image_size, cfg.image_fit)
         self.episode, self.estop, self.chunk_index = EpisodeState(), False, 0
         self.last_decision_stamp: dict[str, int] = {}   # camera stamps of the last decision
-        self.missed_for: dict[str, int] = {}
-        self.image_arrival = time.monotonic()
+        self.missed_for, self.image_arrival = {}, time.monotonic()
         self.busy = threading.Lock()
         self.stats = {"decisions": 0, "missed": 0, "missed_by_swap": 0, "swaps": 0,
                       "stale": 0, "holds": 0, "watchdog_holds": 0, "images": 0}
         self.problem = ""                 # why no command goes out (cleared by a decision)
         self.waiting: str | None = None   # inputs never seen yet (said on start, then on change)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="inference")
-        self.swaps = AdapterSwaps(self.runtime, lambda: self.swap_between == "chunks" or
+        self.swaps = AdapterSwaps(self.runtime, lambda: self.cfg.swap_between == "chunks" or
                                   self.between_groups(), self.swapped, self.get_logger())
         for topic in self.cameras:
             self.create_subscription(Image, topic, lambda m, t=topic: self.on_image(t, m),
                                      qos_profile_sensor_data)
-        self.create_subscription(JointState, "joint_states",
-                                 lambda m: setattr(self, "joints", m), qos_profile_sensor_data)
+        self.create_subscription(JointState, "joint_states", lambda m: self.inputs.on_joints(
+            m, time.monotonic()), qos_profile_sensor_data)
         self.create_subscription(EpisodeState, "episode_state", self.on_episode, rc.LATCHED)
         self.create_subscription(AdapterUpdate, cfg.adapter_update_topic, self.on_update,
                                  rc.LATCHED_HISTORY)
@@ -108,10 +107,10 @@ class PolicyNode(Node):
 
     # ----- inputs -----
     def on_image(self, topic: str, msg: Image) -> None:
-        self.images[topic] = msg
         self.image_arrival = time.monotonic()
+        self.inputs.images[topic] = (msg, self.image_arrival)
         self.stats["images"] += 1
-        if len(self.images) == len(self.cameras):
+        if len(self.inputs.images) == len(self.cameras):
             self.decide()                       # react at once; the timer is the fallback
 
     def on_episode(self, msg: EpisodeState) -> None:
@@ -149,7 +148,8 @@ class PolicyNode(Node):
     def decide(self) -> None:
         if self.episode.state != EpisodeState.RUNNING or not self.enabled or self.estop:
             return
-        stamp = {t: Time.from_msg(m.header.stamp).nanoseconds for t, m in self.images.items()}
+        stamp = {t: Time.from_msg(m.header.stamp).nanoseconds
+                 for t, (m, _) in self.inputs.images.items()}
         if not stamp or stamp == self.last_decision_stamp:
             return                                           # no fresh image since last chunk
         if time.monotonic() - self.last_decision_t < self.min_interval:
@@ -164,8 +164,7 @@ class PolicyNode(Node):
         if stamp == self.last_decision_stamp:       # another thread took this one meanwhile
             self.busy.release()
             return
-        obs = policy_io.observation(self.images, self.cameras, self.joints, self.joint_names,
-                                    self.get_clock().now(), self.cfg.stale_after_s)
+        obs = policy_io.observation_for(self, self.episode.task_id)
         if isinstance(obs, str):
             self.busy.release()
             self.stats["stale"] += 1
@@ -181,7 +180,7 @@ class PolicyNode(Node):
             images, state, oldest, _ = obs
             task = episode.task_id or self.tasks[0]
             # paired evaluations: every version meets the same x_K in the same scene
-            pairing = (self.seed, episode.init_state_id, self.chunk_index)
+            pairing = (self.cfg.seed, episode.init_state_id, self.chunk_index)
             chunk, adapter, version = self.runtime.act(
                 images, state, self.instructions.get(task, task), self.gen,
                 deterministic=episode.deterministic,
@@ -202,11 +201,11 @@ class PolicyNode(Node):
             if self.mode == "joint_trajectory":
                 self.pub_traj.publish(policy_io.trajectory(
                     self.action_names, actions[: self.n_exec], self.control_dt))
-            self.last_command = actions[self.n_exec - 1].copy()
+            self.last_command = self.last_sent = actions[self.n_exec - 1].copy()
             self.watchdog.feed(time.monotonic())
             self.stats["decisions"] += 1
             self.chunk_index += 1
-            if self.swap_between == "chunks":
+            if self.cfg.swap_between == "chunks":
                 self.swaps.apply_if_allowed()
         except Exception as e:  # noqa: BLE001 - a failed decision must not kill the node
             self.get_logger().error(f"inference failed: {e!r}")
@@ -219,9 +218,10 @@ class PolicyNode(Node):
         hold = policy_io.hold_chunk(self.action_names)
         hold.header.stamp = self.get_clock().now().to_msg()
         self.pub_chunk.publish(hold)
-        traj = policy_io.hold_trajectory(self.joints, self.action_names, self.control_dt)
-        if self.mode == "joint_trajectory" and traj is not None:
-            self.pub_traj.publish(traj)
+        target = self.limits.hold_target(self.last_sent, self.inputs.last_good)
+        if self.mode == "joint_trajectory" and target is not None:
+            self.pub_traj.publish(policy_io.hold_trajectory(target, self.action_names,
+                                                            self.control_dt))
         self.last_command = None
         self.stats["holds"] += 1
         self.get_logger().info(f"hold sent ({why})")
@@ -271,7 +271,7 @@ class PolicyNode(Node):
     def publish_diagnostics(self) -> None:
         # missed(_by_swap): fresh observations that waited over a period (for a swap's lock)
         adapter, version = self.runtime.active
-        waiting = policy_io.waiting_for(self.images, self.cameras, self.joints, self.joint_names)
+        waiting = self.inputs.waiting_for()
         if waiting != self.waiting and waiting:
             self.get_logger().warning(f"waiting for {waiting}")
         self.waiting = waiting
