@@ -36,7 +36,7 @@ class FakeBackend:
     def rollback(self, version):
         return True, f"v{version}"
 
-    def thumbnail_png(self):
+    def thumbnail_jpeg(self):
         return None
 
 
@@ -52,7 +52,7 @@ def get(url, headers=None):
         return r.status, json.loads(r.read())
 
 
-def test_panel_beyond_localhost_needs_a_token_and_checks_it():
+def test_panel_beyond_localhost_needs_a_token_and_keeps_it_out_of_urls():
     with pytest.raises(ValueError, match="panel_token"):
         PanelServer(FakeBackend(), host="0.0.0.0", port=0)
     panel = PanelServer(FakeBackend(), host="127.0.0.1", port=0, token="s3cret")
@@ -63,14 +63,25 @@ def test_panel_beyond_localhost_needs_a_token_and_checks_it():
             get(base + "/api/state")
         assert e.value.code == 401
         assert get(base + "/api/state", {"X-Panel-Token": "s3cret"}) == (200, {"ok": True})
-        assert get(base + "/api/state?token=s3cret")[0] == 200
-        bad = urllib.request.Request(base + "/api/mark", data=b"[1, 2]", method="POST",
-                                     headers={"X-Panel-Token": "s3cret"})
-        with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(bad, timeout=5)
-        assert e.value.code == 400
+        with pytest.raises(urllib.error.HTTPError) as e:       # not in an API URL
+            get(base + "/api/state?token=s3cret")
+        assert e.value.code == 401
+        # opening the page with ?token= once sets an HttpOnly cookie that carries it after
+        with urllib.request.urlopen(base + "/?token=s3cret", timeout=5) as r:
+            cookie = r.headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert get(base + "/api/state", {"Cookie": cookie.split(";")[0]})[0] == 200
     finally:
         panel.stop()
+
+
+def test_the_thumbnail_is_a_small_jpeg_whatever_the_camera():
+    import numpy as np
+
+    from tinyvla_grpo_ros.core.inputs import thumbnail_jpeg
+    frame = np.random.default_rng(0).integers(0, 255, (1080, 1920, 3), dtype=np.uint8)
+    jpeg = thumbnail_jpeg(frame)
+    assert jpeg[:2] == b"\xff\xd8" and len(jpeg) < 40_000
 
 
 @pytest.fixture

@@ -97,3 +97,16 @@ def fit_image(img: np.ndarray, size: int, fit: str = "crop") -> np.ndarray:
         interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
         img = cv2.resize(img, (size, size), interpolation=interp)
     return np.ascontiguousarray(img)
+
+
+def thumbnail_jpeg(img: np.ndarray, px: int = 192, quality: int = 80) -> bytes:
+    """(H, W, 3) RGB -> a JPEG of at most `px` a side: the panel's thumbnail, a few kB
+    whatever the camera's resolution."""
+    scale = px / max(img.shape[:2])
+    if scale < 1:
+        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]),
+                            [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"cannot encode a {img.shape} image as JPEG")
+    return jpeg.tobytes()

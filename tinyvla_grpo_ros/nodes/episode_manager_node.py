@@ -13,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -32,6 +31,7 @@ from tinyvla_grpo_interfaces.msg import (
 from tinyvla_grpo_interfaces.srv import MarkOutcome, ResetScene, SelectAdapter, StartEpisode
 
 from ..core import episode_machine as em
+from ..core.inputs import thumbnail_jpeg
 from ..core.operator_input import JoyMarker
 from ..core.rollout_store import RolloutStore
 from . import ros_common as rc
@@ -275,17 +275,11 @@ class EpisodeManagerNode(Node):
             {"state": em.STATE_NAMES[m.state], "group": m.group_id, "version": m.version},
             self.get_clock().now().to_msg()))
 
-    def thumbnail_png(self) -> bytes | None:
+    def thumbnail_jpeg(self) -> bytes | None:
         try:
-            img = rc.image_to_numpy(self.last_image) if self.last_image else None
-        except rc.BadImage:
+            return thumbnail_jpeg(rc.image_to_numpy(self.last_image)) if self.last_image else None
+        except (rc.BadImage, ValueError):
             return None
-        if img is None:
-            return None
-        scale = max(1, 192 // max(img.shape[:2]))
-        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-        ok, png = cv2.imencode(".png", img[..., ::-1])
-        return png.tobytes() if ok else None
 
     def close(self) -> None:
         if self.panel is not None:

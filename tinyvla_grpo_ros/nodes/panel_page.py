@@ -38,9 +38,10 @@ PAGE = """<!doctype html>
  <div class="card"><b>Learner</b><table id="learner"></table></div>
 </div>
 <script>
-const token = new URLSearchParams(location.search).get("token") || "";
-const H = token ? {"X-Panel-Token": token, "Content-Type": "application/json"}
-                : {"Content-Type": "application/json"};
+// The server put this session's CSRF token here; a page of another origin cannot read it.
+const H = {"X-CSRF-Token": "@@CSRF@@", "Content-Type": "application/json"};
+// ?token= was moved into an HttpOnly cookie by the server: drop it from the address bar.
+if (new URLSearchParams(location.search).has("token")) { history.replaceState(null, "", "/"); }
 let snap = null, paused = false;
 async function post(path, body) {
   const r = await fetch(path, {method: "POST", headers: H, body: JSON.stringify(body || {})});
@@ -86,7 +87,7 @@ function chart(rows) {
 }
 async function refresh() {
   try {
-    const r = await fetch("/api/state", {headers: H}); snap = await r.json();
+    const r = await fetch("/api/state"); snap = await r.json();
   } catch (e) { document.getElementById("msg").textContent = "no connection"; return; }
   paused = snap.paused;
   document.getElementById("pause").textContent = paused ? "Resume learning" : "Pause learning";
@@ -115,8 +116,7 @@ async function refresh() {
   document.getElementById("learner").innerHTML = Object.entries(snap.learner).map(
     ([k, v]) => `<tr><td>${k}</td><td>${typeof v === "number" ? v.toFixed(4) : v}</td></tr>`
   ).join("");
-  document.getElementById("thumb").src = "/api/thumbnail.png?t=" + Date.now() +
-    (token ? "&token=" + encodeURIComponent(token) : "");
+  document.getElementById("thumb").src = "/api/thumbnail.jpg?t=" + Date.now();
 }
 setInterval(refresh, 500); refresh();
 </script></body></html>
