@@ -254,6 +254,29 @@ def save_adapter_version(policy: AdaptedPolicy, root: Path, version: int, parent
     return d, sha
 
 
+def check_meta(meta_path: Path) -> dict[str, Any]:
+    """A version's meta.json, validated: a JSON object with the adapter's name (str), its
+    version (int >= 0), the sha256 of its tensors (64 hex digits) and, when present, a known
+    preset. ValueError names the file and what is wrong."""
+    try:
+        meta = json.loads(Path(meta_path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{meta_path}: not readable JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path}: must be a JSON object, got {type(meta).__name__}")
+    v, sha = meta.get("version"), meta.get("sha256")
+    if not isinstance(meta.get("adapter"), str):
+        raise ValueError(f"{meta_path}: 'adapter' must be a name, got {meta.get('adapter')!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{meta_path}: 'version' must be an integer >= 0, got {v!r}")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef"
+                                                             for c in sha)):
+        raise ValueError(f"{meta_path}: 'sha256' must be 64 hex digits, got {sha!r}")
+    if meta.get("preset") is not None and meta["preset"] not in PRESETS:
+        raise ValueError(f"{meta_path}: unknown preset {meta['preset']!r}")
+    return meta
+
+
 def read_adapter_version(path: Path, root: Path | None = None, expected_sha256: str | None = None
                          ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and verify a version directory: inside `root`, meta present, sha256 matching."""
@@ -263,7 +286,7 @@ def read_adapter_version(path: Path, root: Path | None = None, expected_sha256: 
     meta_path = path / "meta.json"
     if not meta_path.is_file():
         raise ValueError(f"{path} is not a complete adapter version (meta.json missing)")
-    meta = json.loads(meta_path.read_text())
+    meta = check_meta(meta_path)
     weights = path / "adapter_model.safetensors"
     if not weights.is_file():
         raise ValueError(f"{weights} is missing")

@@ -264,7 +264,8 @@ class EpisodeMachine:
         for gid, _, n in self.store.group_summaries(self.cfg.task, self.robot + "-"):
             if n >= self.cfg.group_size:
                 eps = self.store.read_group(self.cfg.task, gid, with_tensors=False)
-                done.append((eps[0].init_state_id, [e.success for e in eps]))
+                if eps:                        # bad episodes are quarantined and left out
+                    done.append((eps[0].init_state_id, [e.success for e in eps]))
         return done
 
     def begin_group(self, gid: str, init_id: int, queue, done: int = 0) -> None:
@@ -343,6 +344,10 @@ class EpisodeMachine:
             self.guard_check(self.group_version)
             return
         eps = self.store.read_group(self.cfg.task, gid, with_tensors=False)
+        if not eps:
+            self.port.log("error", f"group {gid}: no readable episode (quarantined); skipped")
+            self.set_state(IDLE)
+            return
         self.port.publish_group({"group_id": gid, "task": self.cfg.task,
                                  "init_state_id": eps[0].init_state_id,
                                  "adapter_name": eps[0].adapter_name,

@@ -9,12 +9,16 @@
 An episode is written into a hidden temporary directory (files fsynced) and renamed into place: a
 reader sees a whole episode or none, also after a crash; `recover()` removes leftovers. A group is
 pinned to the adapter version of its first episode; an episode of another version is refused.
+Every file read is validated; a bad group or episode (garbage JSON, missing or mistyped fields,
+torn tensors) is moved to `<root>/.quarantine/` with a warning naming the file and what is wrong,
+and everything else goes on.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -84,11 +88,41 @@ def _check_name(kind: str, name: str) -> str:
     return name
 
 
+GROUP_FIELDS = {"task": str, "group_id": str, "init_state_id": int, "adapter_name": str,
+                "adapter_version": int}
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise StoreError(f"{path}: must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _check_fields(path: Path, data: dict, fields: dict[str, type]) -> None:
+    for name, kind in fields.items():
+        v = data.get(name)
+        ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
+        if kind is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not ok:
+            raise StoreError(f"{path}: {name!r} must be {kind.__name__}, got {v!r}")
+
+
+EPISODE_FIELDS = GROUP_FIELDS | {"episode_id": str, "instruction": str, "reward": float,
+                                 "success": bool}
+
+
 class RolloutStore:
-    def __init__(self, root: Path, keep_groups: int = 0) -> None:
-        """keep_groups > 0 prunes all but the newest `keep_groups` groups per task on write."""
+    def __init__(self, root: Path, keep_groups: int = 0, warn=None) -> None:
+        """keep_groups > 0 prunes all but the newest `keep_groups` groups per task on write;
+        warn(text) hears of every quarantined item (default: stderr)."""
         self.root = Path(root)
         self.keep_groups = keep_groups
+        self.warn = warn or (lambda text: print(f"[rollout_store] {text}", file=sys.stderr))
         self.root.mkdir(parents=True, exist_ok=True)
         self.recover()
 
@@ -115,7 +149,11 @@ class RolloutStore:
         try:
             gdir.mkdir(parents=True, exist_ok=True)
             if gmeta_path.is_file():
-                g = json.loads(gmeta_path.read_text())
+                try:
+                    g = self.group_meta(rec.task, rec.group_id)
+                except StoreError as e:          # the group's own file is bad: start it anew
+                    self.quarantine(gdir, str(e))
+                    return self.write_episode(rec)
                 if (g["adapter_name"], g["adapter_version"]) != (rec.adapter_name,
                                                                  rec.adapter_version):
                     raise StoreError(
@@ -144,7 +182,22 @@ class RolloutStore:
         return final
 
     def group_meta(self, task: str, group_id: str) -> dict:
-        return json.loads((self.group_dir(task, group_id) / "group.json").read_text())
+        """group.json, validated (StoreError names the file and the field)."""
+        path = self.group_dir(task, group_id) / "group.json"
+        meta = _load_json(path)
+        _check_fields(path, meta, GROUP_FIELDS)
+        return meta
+
+    def quarantine(self, path: Path, why: str) -> None:
+        """Move a bad group or episode out of the way (kept for inspection), and say so."""
+        rel = Path(path).resolve().relative_to(self.root.resolve())
+        dest = self.root / ".quarantine" / f"{'-'.join(rel.parts)}-{time.time_ns()}"
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(path, dest)
+            self.warn(f"quarantined {path} to {dest}: {why}")
+        except OSError as e:
+            self.warn(f"cannot quarantine {path} ({e}); skipping it: {why}")
 
     def episode_ids(self, task: str, group_id: str) -> list[str]:
         gdir = self.group_dir(task, group_id)
@@ -166,25 +219,52 @@ class RolloutStore:
         """(group id, group.json, stored episodes) of a task's groups whose id starts with
         `prefix`, oldest first: the one scan for "groups of version v" and "this robot's
         groups"."""
-        return [(g, self.group_meta(task, g), len(self.episode_ids(task, g)))
-                for g in self.groups(task) if g.startswith(prefix)]
+        out = []
+        for g in self.groups(task):
+            if not g.startswith(prefix):
+                continue
+            try:
+                out.append((g, self.group_meta(task, g), len(self.episode_ids(task, g))))
+            except StoreError as e:
+                self.quarantine(self.group_dir(task, g), str(e))
+        return out
 
     def tasks(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir()
                       and not p.name.startswith("."))
 
     def read_episode(self, path: Path, with_tensors: bool = True) -> EpisodeRecord:
-        meta = json.loads((Path(path) / "episode.json").read_text())
+        """One episode, validated: StoreError names the file and what is wrong."""
+        meta_path = Path(path) / "episode.json"
+        meta = _load_json(meta_path)
+        _check_fields(meta_path, meta, EPISODE_FIELDS)
+        known = {f for f in EpisodeRecord.__dataclass_fields__} - {"tensors", "path"}
+        if set(meta) - known:
+            raise StoreError(f"{meta_path}: unknown fields {sorted(set(meta) - known)}")
         rec = EpisodeRecord(**meta, path=Path(path))
         if with_tensors:
-            rec.tensors = read_safetensors(Path(path) / "chunks.safetensors")
+            t_path = Path(path) / "chunks.safetensors"
+            try:
+                rec.tensors = read_safetensors(t_path)
+            except ValueError as e:
+                raise StoreError(str(e)) from e
+            missing = [k for k in TENSOR_KEYS if k not in rec.tensors]
+            lengths = {k: int(v.shape[0]) for k, v in rec.tensors.items() if v.dim()}
+            if missing or len(set(lengths.values())) > 1:
+                raise StoreError(f"{t_path}: tensors {sorted(rec.tensors)} with chunk counts "
+                                 f"{lengths}; need {list(TENSOR_KEYS)} of one length")
         return rec
 
     def read_group(self, task: str, group_id: str, with_tensors: bool = True
                    ) -> list[EpisodeRecord]:
-        gdir = self.group_dir(task, group_id)
-        return [self.read_episode(gdir / e, with_tensors)
-                for e in self.episode_ids(task, group_id)]
+        """The group's readable episodes; a bad one is quarantined and left out."""
+        gdir, out = self.group_dir(task, group_id), []
+        for e in self.episode_ids(task, group_id):
+            try:
+                out.append(self.read_episode(gdir / e, with_tensors))
+            except StoreError as err:
+                self.quarantine(gdir / e, str(err))
+        return out
 
     def prune(self, task: str, keep: int) -> list[str]:
         """Delete all but the newest `keep` groups of a task; returns the removed group ids."""

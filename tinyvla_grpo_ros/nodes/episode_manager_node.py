@@ -73,7 +73,7 @@ class EpisodeManagerNode(Node):
         self.learner_status: dict[str, float] = {}
         self.reset_client = self.create_client(ResetScene, reset_srv)
         self.reset_wanted, self.reset_future = None, None    # init id to reset to, its call
-        self.machine = em.EpisodeMachine(cfg, RolloutStore(Path(root), keep_groups=keep),
+        self.machine = em.EpisodeMachine(cfg, RolloutStore(Path(root), keep, self.log_error),
                                          self.robot, self)
         self.mark_episode, self.scene_is_ready, self.set_paused = \
             self.machine.mark, self.machine.scene_is_ready, self.machine.set_paused
@@ -159,6 +159,9 @@ class EpisodeManagerNode(Node):
             else:
                 self.machine.rollback_failed(version, text)
         threading.Thread(target=carry_out, name="guard_rollback", daemon=True).start()
+
+    def log_error(self, text: str) -> None:
+        self.get_logger().error(text)
 
     def log(self, level: str, text: str) -> None:
         # one call site per severity: rclpy refuses a call site that changes severity

@@ -61,7 +61,8 @@ class LearnerNode(Node):
         super().__init__("learner_node", **kwargs)
         ckpt, self.tasks, self.root, adapter_cfg = declare_model(self)
         self.store = RolloutStore(Path(declare(self, "store_root", data_dir("rollouts"),
-                                               "rollout store directory")))
+                                               "rollout store directory")),
+                                  warn=self.get_logger().error)
         self.groups_per_update = declare(self, "groups_per_update", 1, "groups per update", 1,
                                          1000)
         cfg = GRPOConfig(**declare_settings(self, GRPOConfig))
@@ -117,7 +118,9 @@ class LearnerNode(Node):
             loaded = 0
             save_adapter_version(self.policy, self.root, loaded, parent=None)
         self.versions[task] = loaded
-        self.learned = {line.split(",")[2] for line in self._metric_lines()}
+        # groups already learned from (column 3 of learner_metrics.csv; a torn line is skipped)
+        self.learned = {cols[2] for cols in (ln.split(",") for ln in self._metric_lines())
+                        if len(cols) > 2}
         for gid, meta, n in self.store.group_summaries(task):
             if meta["adapter_version"] == loaded and n >= self.learner.cfg.group_size \
                     and gid not in self.learned:
@@ -127,7 +130,12 @@ class LearnerNode(Node):
     def _metric_lines(self) -> list[str]:
         if not self.metrics_path.is_file():
             return []
-        return self.metrics_path.read_text().splitlines()[1:]
+        try:
+            return self.metrics_path.read_text(errors="replace").splitlines()[1:]
+        except OSError as e:
+            self.get_logger().error(f"{self.metrics_path}: not readable ({e}); learning from "
+                                    "every stored group of the current version again")
+            return []
 
     def on_group(self, msg: GroupReady) -> None:
         if msg.task_id not in self.tasks or msg.group_id in self.learned:
@@ -177,7 +185,7 @@ class LearnerNode(Node):
                                    f"at v{self.versions[task]}")
             return
         parent = self.versions[task]
-        version = parent + 1
+        version = max(list_versions(self.root, task) + [parent]) + 1   # only ever up
         metrics = stats.as_dict() | {"seconds": time.perf_counter() - t0}
         save_adapter_version(self.policy, self.root, version, parent, metrics)
         self.versions[task] = version
