@@ -10,6 +10,7 @@ from test_recipe import tiny_checkpoint
 from tinyvla_grpo_interfaces.srv import SelectAdapter
 
 from tinyvla_grpo_ros.core.adapters import AdaptedPolicy, AdapterConfig, save_adapter_version
+from tinyvla_grpo_ros.core.atomic_io import sha256_file
 from tinyvla_grpo_ros.core.checkpoint import load_checkpoint
 from tinyvla_grpo_ros.core.rollout_store import RolloutStore, episode_record
 from tinyvla_grpo_ros.launcher import Launch
@@ -27,7 +28,7 @@ def test_every_node_starts_on_bad_files_names_them_and_answers(tmp_path):
     root, store_root = tmp_path / "adapters", tmp_path / "rollouts"
     model, _, _ = load_checkpoint(ckpt)
     policy = AdaptedPolicy(model, AdapterConfig(preset="adapters"), [TASK])
-    for v in range(4):
+    for v in range(5):
         save_adapter_version(policy, root, v, parent=None if v == 0 else v - 1)
     vdir = lambda v: root / TASK / f"v{v:04d}"  # noqa: E731
     (vdir(1) / "meta.json").write_text("[1, 2]")                              # a list
@@ -36,6 +37,10 @@ def test_every_node_starts_on_bad_files_names_them_and_answers(tmp_path):
                                                    if k != "sha256"}))       # no sha256
     meta = json.loads((vdir(3) / "meta.json").read_text())
     (vdir(3) / "meta.json").write_text(json.dumps(meta | {"version": None}))  # version null
+    garbage = vdir(4) / "adapter_model.safetensors"           # torn tensors, a matching sha
+    garbage.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    meta = json.loads((vdir(4) / "meta.json").read_text())
+    (vdir(4) / "meta.json").write_text(json.dumps(meta | {"sha256": sha256_file(garbage)}))
     store = RolloutStore(store_root)
     for j in range(4):
         store.write_episode(episode_record(
@@ -63,7 +68,8 @@ def test_every_node_starts_on_bad_files_names_them_and_answers(tmp_path):
         wait_ready(launch, tmp_path, ["policy_node", "learner_node", "episode_manager_node"])
         time.sleep(1.0)
         text = logs(tmp_path)
-        for words in ("v0003/meta.json: 'version' must be an integer",
+        for words in ("cannot read " + str(vdir(4) / "adapter_model.safetensors"),
+                      "v0003/meta.json: 'version' must be an integer",
                       "v0002/meta.json: 'sha256' must be 64 hex digits",
                       "v0001/meta.json: must be a JSON object",
                       "robot-g2/group.json: not readable JSON",
@@ -76,6 +82,7 @@ def test_every_node_starts_on_bad_files_names_them_and_answers(tmp_path):
         assert len(quarantined) == 4, quarantined                    # g2, e1, e2, e3
         assert [e.episode_id for e in store.read_group(TASK, "robot-g1")] == ["e0"]
         for service, v, words in (("select_adapter", 1, "must be a JSON object"),
+                                  ("select_adapter", 4, "cannot read"),
                                   ("restore_adapter", 2, "sha256"),
                                   ("restore_adapter", 3, "'version' must be")):
             r = client.call(SelectAdapter, service, SelectAdapter.Request(

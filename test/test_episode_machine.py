@@ -244,3 +244,17 @@ def test_the_machine_says_what_it_waits_for(tmp_path):
     m.scene_is_ready()
     m.step()
     assert m.waiting_for() == ""
+
+
+def test_frames_that_differ_in_size_are_not_stored_and_the_episode_runs_again(tmp_path):
+    m, port = make(tmp_path)
+    m.set_version(0)
+    m.step()
+    m.reset_finished(True, "")
+    m.add_chunk(m.ep.episode_id, frame(), "reach-v3", 0, "reach")
+    big = frame() | {"images": np.zeros((1, 8, 8, 3), np.uint8)}   # a camera changed size
+    m.add_chunk(m.ep.episode_id, big, "reach-v3", 0, "reach")
+    m.sim_succeeded(True)
+    m.step()
+    assert m.state == em.RESETTING and not port.outcomes and m.store.groups("reach-v3") == []
+    assert any("not stored" in t for _, t in port.logs)

@@ -317,12 +317,13 @@ class EpisodeMachine:
                    "task": self.cfg.task, "init_state_id": max(ep.init_state_id, 0),
                    "adapter_name": adapter, "adapter_version": version}
         if not ep.deterministic:
-            rec = episode_record(ep.frames, success=success, instruction=ep.instruction,
-                                 decided_by=decided_by, duration_s=duration, **outcome)
             try:
+                rec = episode_record(ep.frames, success=success, instruction=ep.instruction,
+                                     decided_by=decided_by, duration_s=duration, **outcome)
                 self.store.write_episode(rec)
-            except StoreError as e:
-                self.port.log("error", f"{e}; the episode is discarded and run again")
+            except (StoreError, RuntimeError, ValueError) as e:   # disk, or frames that differ
+                self.port.log("error", f"episode {ep.episode_id} not stored ({e}); it is "
+                              "discarded and run again")
                 self.next_episode()
                 return
         self.port.publish_outcome(outcome | {"success": success, "decided_by": decided_by,
