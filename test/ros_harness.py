@@ -71,6 +71,21 @@ class Client:
         rclpy.shutdown(context=self.context)
 
 
+def record_chunks_and_diagnostics(node) -> tuple[list, list]:
+    """(chunks, diagnostic messages) policy_node publishes, appended as they arrive (holds,
+    the empty chunks, left out)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from tinyvla_grpo_interfaces.msg import ActionChunk
+
+    from tinyvla_grpo_ros.nodes.ros_common import RELIABLE
+    chunks, diags = [], []
+    node.create_subscription(ActionChunk, "action_chunk",
+                             lambda m: chunks.append(m) if m.horizon else None, RELIABLE)
+    node.create_subscription(DiagnosticArray, "/diagnostics",
+                             lambda m: diags.extend(s.message for s in m.status), 10)
+    return chunks, diags
+
+
 class SensorFeed:
     """The robot's camera and joint states as a test publishes them: sensor QoS, one stamp."""
 

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diagnostic_msgs.msg import DiagnosticArray
-from ros_harness import Client, SensorFeed
+from ros_harness import Client, SensorFeed, record_chunks_and_diagnostics
 from safetensors.torch import save_file
-from tinyvla_grpo_interfaces.msg import ActionChunk, AdapterUpdate, EpisodeState
+from tinyvla_grpo_interfaces.msg import AdapterUpdate, EpisodeState
 
 from tinyvla_grpo_ros.core import atomic_io
 from tinyvla_grpo_ros.core.adapters import AdaptedPolicy, AdapterConfig, list_versions
@@ -29,7 +28,7 @@ from tinyvla_grpo_ros.core.model import Observation, TinyVLAPolicy
 from tinyvla_grpo_ros.core.rollout_store import EpisodeRecord, RolloutStore
 from tinyvla_grpo_ros.core.sampler import DiffusionSampler
 from tinyvla_grpo_ros.launcher import Launch
-from tinyvla_grpo_ros.nodes.ros_common import LATCHED, LATCHED_HISTORY, RELIABLE
+from tinyvla_grpo_ros.nodes.ros_common import LATCHED, LATCHED_HISTORY
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK, G = "reach-v3", 4
@@ -74,13 +73,10 @@ def test_learner_killed_mid_write_and_corrupt_updates_leave_the_policy_on_its_la
     monkeypatch.delenv(ENV)
     client = Client("adapter_faults")
     n = client.node
-    active, chunks, diags = [], [], []
+    active = []
     n.create_subscription(AdapterUpdate, "active_adapter", lambda m: active.append(m.version),
                           LATCHED)
-    n.create_subscription(ActionChunk, "action_chunk",
-                          lambda m: chunks.append(m) if m.horizon else None, RELIABLE)
-    n.create_subscription(DiagnosticArray, "/diagnostics",
-                          lambda m: diags.extend(s.message for s in m.status), 10)
+    chunks, diags = record_chunks_and_diagnostics(n)
     pub_update = n.create_publisher(AdapterUpdate, "adapter_update", LATCHED_HISTORY)
     pub_ep = n.create_publisher(EpisodeState, "episode_state", LATCHED)
     feed = SensorFeed(n)

@@ -8,11 +8,10 @@ import time
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import qos_profile_sensor_data
-from ros_harness import Client, launch_policy_node
+from ros_harness import Client, launch_policy_node, record_chunks_and_diagnostics
 from sensor_msgs.msg import Image, JointState
-from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
+from tinyvla_grpo_interfaces.msg import EpisodeState
 from trajectory_msgs.msg import JointTrajectory
 
 from tinyvla_grpo_ros.nodes.ros_common import LATCHED, RELIABLE, numpy_to_image
@@ -30,13 +29,10 @@ def test_faults_of_a_real_arm_never_reach_the_controller(tmp_path):
         stale_after_s="1.0", future_tolerance_s="0.5", decision_period_s="0.0")
     client = Client("arm")
     n = client.node
-    trajs, chunks, diags = [], [], []            # every trajectory sent to the controller
+    trajs = []                                   # every trajectory sent to the controller
     n.create_subscription(JointTrajectory, CONTROLLER, lambda m: trajs.append(
         np.array([p.positions for p in m.points])), RELIABLE)
-    n.create_subscription(ActionChunk, "action_chunk",
-                          lambda m: chunks.append(m) if m.horizon else None, RELIABLE)
-    n.create_subscription(DiagnosticArray, "/diagnostics",
-                          lambda m: diags.extend(s.message for s in m.status), 10)
+    chunks, diags = record_chunks_and_diagnostics(n)
     pub_img = n.create_publisher(Image, "image_raw", qos_profile_sensor_data)
     pub_js = n.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
     pub_ep = n.create_publisher(EpisodeState, "episode_state", LATCHED)

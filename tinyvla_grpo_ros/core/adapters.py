@@ -22,7 +22,6 @@ values for the tensors they did not train; a version of a wider preset is refuse
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,12 +257,7 @@ def check_meta(meta_path: Path) -> dict[str, Any]:
     """A version's meta.json, validated: a JSON object with the adapter's name (str), its
     version (int >= 0), the sha256 of its tensors (64 hex digits) and, when present, a known
     preset. ValueError names the file and what is wrong."""
-    try:
-        meta = json.loads(Path(meta_path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{meta_path}: not readable JSON ({e})") from e
-    if not isinstance(meta, dict):
-        raise ValueError(f"{meta_path}: must be a JSON object, got {type(meta).__name__}")
+    meta = atomic_io.read_json_object(meta_path)
     v, sha = meta.get("version"), meta.get("sha256")
     if not isinstance(meta.get("adapter"), str):
         raise ValueError(f"{meta_path}: 'adapter' must be a name, got {meta.get('adapter')!r}")

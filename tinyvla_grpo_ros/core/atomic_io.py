@@ -65,3 +65,14 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object from `path`; ValueError names the file and what is wrong with it."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: must be a JSON object, got {type(data).__name__}")
+    return data

@@ -15,7 +15,6 @@ and everything else goes on.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -94,12 +93,9 @@ GROUP_FIELDS = {"task": str, "group_id": str, "init_state_id": int, "adapter_nam
 
 def _load_json(path: Path) -> dict:
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StoreError(f"{path}: not readable JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise StoreError(f"{path}: must be a JSON object, got {type(data).__name__}")
-    return data
+        return atomic_io.read_json_object(path)
+    except ValueError as e:
+        raise StoreError(str(e)) from e
 
 
 def _check_fields(path: Path, data: dict, fields: dict[str, type]) -> None:
