@@ -121,3 +121,38 @@ def test_launcher_builds_the_same_command_line_ros2_run_would():
         parse_overrides(["seed=3"])
     with pytest.raises(ValueError, match="not started"):
         Launch(ROOT / "config" / "sim_loop.yaml", {"nodee": {"a": "1"}})
+
+
+def _launch_values() -> dict[str, str]:
+    """{parameter: the type the launch files give it} from their `value(name, kind)` calls
+    (launch_helpers.value: a LaunchConfiguration typed with ParameterValue)."""
+    out = {}
+    files = list((ROOT / "launch").glob("*.launch.py")) + [
+        ROOT / "tinyvla_grpo_ros" / "launch_helpers.py"]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Dict):
+                continue
+            for k, v in zip(node.keys, node.values):
+                if isinstance(k, ast.Constant) and isinstance(v, ast.Call) and \
+                        getattr(v.func, "id", "") == "value":
+                    out[k.value] = ast.unparse(v.args[1]) if len(v.args) > 1 else "str"
+    return out
+
+
+def test_every_launch_file_parameter_has_the_type_its_node_declares():
+    """Runs without launch_ros: what each launch file hands a node, typed as the node's field
+    (or its known parameter) is typed; a list argument stays a list."""
+    from tinyvla_grpo_ros.core.config import GRPOConfig, PolicyNodeConfig
+    from tinyvla_grpo_ros.core.episode_machine import EpisodeManagerConfig
+    from tinyvla_grpo_ros.core.recipe import settings
+    declared = {"checkpoint": "str", "adapter_root": "str", "store_root": "str",
+                "use_sim_time": "bool"}
+    for cls in (PolicyNodeConfig, GRPOConfig, EpisodeManagerConfig):
+        for s in settings(cls):
+            declared.setdefault(s.name, "list[str]" if s.kind is tuple else s.kind.__name__)
+    given = _launch_values()
+    assert {"camera_topics", "use_sim_time", "checkpoint", "device"} <= set(given)
+    for name, kind in given.items():
+        assert name in declared, f"the launch files set {name!r}, which no node declares"
+        assert kind == declared[name], f"{name}: launch {kind}, node {declared[name]}"
