@@ -69,9 +69,9 @@ def test_faults_of_a_real_arm_never_reach_the_controller(tmp_path):
 
     def refused(words, **kw):
         """Commands stop (holds only) and a diagnostic names the problem."""
-        k = len(chunks)
         assert until(lambda: any(words in d for d in diags[-5:]), 20, **kw), \
             f"no diagnostic naming {words!r}: {diags[-3:]}\n{log()}"
+        k = len(chunks)                 # a decision on the input before has landed by now
         until(lambda: False, 1.5, **kw)
         assert len(chunks) == k, f"a command went out with {words!r}"
 
