@@ -53,7 +53,6 @@ class StepResult:
     success: bool
     done: bool            # success or out of steps
     steps: int            # control steps since reset
-    progress: float = 0.0  # best shaped task reward so far, in [0, 1] (Meta-World's / 10)
 
 
 class MetaWorldScene:
@@ -84,7 +83,6 @@ class MetaWorldScene:
         self.obs: np.ndarray | None = None
         self.steps = 0
         self.success = False
-        self.progress = 0.0
         self.init_state_id = -1
 
     @property
@@ -105,7 +103,6 @@ class MetaWorldScene:
         import mujoco
         mujoco.mj_forward(self.env.model, self.env.data)
         self.steps, self.success, self.init_state_id = 0, False, init_state_id
-        self.progress = 0.0
 
     def step(self, action: np.ndarray) -> StepResult:
         if self.obs is None:
@@ -113,14 +110,10 @@ class MetaWorldScene:
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if a.shape != (4,) or not np.all(np.isfinite(a)):
             raise ValueError(f"action must be 4 finite numbers {ACTION_NAMES}, got {a}")
-        self.obs, reward, _, _, info = self.env.step(np.clip(a, -1.0, 1.0).astype(np.float32))
+        self.obs, _, _, _, info = self.env.step(np.clip(a, -1.0, 1.0).astype(np.float32))
         self.steps += 1
         self.success = self.success or bool(info["success"])
-        # Meta-World's shaped reward lies in [0, 10]; the best value of the episode says how
-        # close a failure came (reach: hand to goal; push: hand to puck, puck to goal).
-        self.progress = max(self.progress, min(1.0, max(0.0, float(reward) / 10.0)))
-        return StepResult(self.success, self.success or self.steps >= self.max_steps, self.steps,
-                          self.progress)
+        return StepResult(self.success, self.success or self.steps >= self.max_steps, self.steps)
 
     def render(self) -> np.ndarray:
         """(H, W, 3) uint8, upright (MuJoCo's offscreen buffer is bottom-up)."""
