@@ -22,6 +22,7 @@ from sensor_msgs.msg import JointState
 from tinyvla_grpo_ros.core.config import ModelConfig
 from tinyvla_grpo_ros.core.inputs import Freshness, thumbnail_jpeg
 from tinyvla_grpo_ros.core.rollout_store import RolloutStore, episode_record
+from tinyvla_grpo_ros.core.safety import ActionLimits
 from tinyvla_grpo_ros.nodes.policy_io import Inputs
 from tinyvla_grpo_ros.nodes.ros_common import image_to_numpy, numpy_to_image
 
@@ -29,7 +30,8 @@ from tinyvla_grpo_ros.nodes.ros_common import image_to_numpy, numpy_to_image
 def episode_bytes(width: int, height: int, chunks: int, root: Path) -> int:
     size = ModelConfig.preset("tiny").image_size
     joints = [f"j{i}" for i in range(9)]
-    inputs = Inputs(["image_raw"], joints, Freshness(1e9, 1e9), size, "crop")
+    inputs = Inputs(["image_raw"], joints, Freshness(1e9, 1e9), size, "crop", ["t"],
+                    ActionLimits(np.full(4, -1.0), np.full(4, 1.0)), ["a0", "a1", "a2", "a3"])
     rng = np.random.default_rng(0)
     frames = []
     for _ in range(chunks):

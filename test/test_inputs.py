@@ -63,3 +63,20 @@ def test_readings_outside_the_limits_are_named_and_the_hold_never_uses_a_raw_rea
     assert lim.hold_target(None, last_good).tolist() == [0.0, 0.0]
     assert lim.hold_target(np.array([np.nan, 0.0]), last_good).tolist() == [0.0, 0.0]
     assert lim.hold_target(None, None) is None
+
+
+def test_a_malformed_joint_state_is_named_by_the_next_decision():
+    from builtin_interfaces.msg import Time
+    from rclpy.time import Time as RclTime
+    from sensor_msgs.msg import JointState
+
+    from tinyvla_grpo_ros.nodes.policy_io import Inputs
+    from tinyvla_grpo_ros.nodes.ros_common import numpy_to_image
+    lim = ActionLimits(np.array([-1.0]), np.array([1.0]))
+    inputs = Inputs(["cam"], ["j1"], FRESH, 8, "crop", ["t"], lim, ["a"])
+    inputs.images["cam"] = (numpy_to_image(np.zeros((8, 8, 3), np.uint8), Time(sec=0)), 0.0)
+    inputs.on_joints(JointState(name=["j1"], position=[0.1, 0.2]), 0.0)
+    assert "1 names and 2 positions" in inputs.for_decision("t", RclTime(), 0.0)
+    inputs.on_joints(JointState(name=["j1"], position=[0.1]), 0.0)
+    assert not isinstance(inputs.for_decision("t", RclTime(), 0.0), str)
+    assert "does not serve" in inputs.for_decision("other", RclTime(), 0.0)

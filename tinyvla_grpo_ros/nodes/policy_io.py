@@ -4,8 +4,6 @@
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from builtin_interfaces.msg import Duration
 from rclpy.time import Time
@@ -14,6 +12,7 @@ from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..core.inputs import Freshness, JointTable, fit_image
+from ..core.safety import ActionLimits
 from ..core.sampler import Chunk, DiffusionSampler
 from .ros_common import BadImage, image_to_numpy, numpy_to_image
 
@@ -28,15 +27,19 @@ class Inputs:
     keeps, whatever the camera's resolution."""
 
     def __init__(self, cameras: list[str], joint_names: list[str], fresh: Freshness,
-                 size: int, fit: str) -> None:
+                 size: int, fit: str, tasks: list[str], limits: ActionLimits,
+                 action_names: list[str]) -> None:
         self.cameras, self.joint_names, self.fresh = cameras, joint_names, fresh
-        self.size, self.fit = size, fit
+        self.size, self.fit, self.tasks = size, fit, tasks
+        self.limits, self.action_names = limits, action_names
         self.images: dict[str, tuple[Image, float]] = {}      # topic -> (message, arrival)
         self.joints = JointTable()
         self.last_good: np.ndarray | None = None              # joint state of the last decision
+        self.joint_problem = ""                               # the last JointState's, if bad
 
-    def on_joints(self, msg: JointState, arrival: float) -> str:
-        return self.joints.update(msg.name, msg.position, Time.from_msg(
+    def on_joints(self, msg: JointState, arrival: float) -> None:
+        """Take a JointState; a malformed one is left out and named by the next decision."""
+        self.joint_problem = self.joints.update(msg.name, msg.position, Time.from_msg(
             msg.header.stamp).nanoseconds * 1e-9, arrival)
 
     def waiting_for(self) -> str:
@@ -47,6 +50,25 @@ class Inputs:
             missing.append("joint_states" if not self.joints.joints
                            else f"joint_states with {lacking}")
         return ", ".join(missing)
+
+    def for_decision(self, task: str, now: Time, now_arrival: float):
+        """The observation of a decision on `task`, or why there is none: a task the policy
+        does not serve, a missing, stale, future or bad input, or a joint reading outside the
+        action limits. Keeps the last good reading (in action order) for the hold."""
+        if task and task not in self.tasks:
+            return (f"episode for task {task!r}, which this policy does not serve (it serves "
+                    f"{self.tasks})")
+        obs = self.joint_problem or self.observation(now, now_arrival)
+        if isinstance(obs, str):
+            return obs
+        state = obs[1]
+        problem = self.limits.reading_problem(self.action_names, self.joint_names, state)
+        if problem:
+            return problem
+        if set(self.action_names) <= set(self.joint_names):
+            pos = dict(zip(self.joint_names, state))
+            self.last_good = np.array([pos[n] for n in self.action_names])
+        return obs
 
     def observation(self, now: Time, now_arrival: float):
         """(images (Nc, S, S, 3), state (Ds,), oldest stamp, the fitted image messages) or a
@@ -74,26 +96,6 @@ class Inputs:
         state, joint_stamp = joints
         oldest = min(stamps + [joint_stamp])
         return np.stack(imgs), state, Time(nanoseconds=int(oldest * 1e9)), used
-
-
-def observation_for(node, task: str):
-    """policy_node's observation for a decision on `task`, or why there is none: a task the
-    policy does not serve, a missing, stale, future or bad input, or a joint reading outside
-    the action limits. Keeps the last good reading (in action order) for the hold."""
-    if task and task not in node.tasks:
-        return (f"episode for task {task!r}, which this policy does not serve (it serves "
-                f"{node.tasks})")
-    obs = node.inputs.observation(node.get_clock().now(), time.monotonic())
-    if isinstance(obs, str):
-        return obs
-    state = obs[1]
-    problem = node.limits.reading_problem(node.action_names, node.joint_names, state)
-    if problem:
-        return problem
-    if set(node.action_names) <= set(node.joint_names):
-        pos = dict(zip(node.joint_names, state))
-        node.inputs.last_good = np.array([pos[n] for n in node.action_names])
-    return obs
 
 
 def chunk_message(chunk: Chunk, actions: np.ndarray, sampler: DiffusionSampler, adapter: str,

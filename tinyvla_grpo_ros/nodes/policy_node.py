@@ -63,15 +63,15 @@ class PolicyNode(Node):
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.inputs = policy_io.Inputs(
             self.cameras, self.joint_names, Freshness(cfg.stale_after_s, cfg.future_tolerance_s),
-            self.runtime.policy.model.config.image_size, cfg.image_fit)
+            self.runtime.policy.model.config.image_size, cfg.image_fit, self.tasks, self.limits,
+            self.action_names)
         self.episode, self.estop, self.chunk_index = EpisodeState(), False, 0
         self.last_decision_stamp: dict[str, int] = {}   # camera stamps of the last decision
-        self.missed_for, self.image_arrival = {}, time.monotonic()
-        self.busy = threading.Lock()
+        self.missed_for, self.image_arrival, self.busy = {}, time.monotonic(), threading.Lock()
         self.stats = {"decisions": 0, "missed": 0, "missed_by_swap": 0, "swaps": 0,
                       "stale": 0, "holds": 0, "watchdog_holds": 0, "images": 0}
-        self.problem = ""                 # why no command goes out (cleared by a decision)
-        self.waiting: str | None = None   # inputs never seen yet (said on start, then on change)
+        # why no command goes out (cleared by a decision); inputs never seen yet (said on change)
+        self.problem, self.waiting = "", None
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.swaps = AdapterSwaps(self.runtime, lambda: self.cfg.swap_between == "chunks" or
                                   self.between_groups(), self.swapped, self.get_logger())
@@ -89,8 +89,7 @@ class PolicyNode(Node):
             if self.mode == "joint_trajectory" else None     # only a commanded controller
         self.pub_active = self.create_publisher(AdapterUpdate, "active_adapter", rc.LATCHED)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        # Reentrant: the callback waits for the loader thread without blocking decisions.
-        self.create_service(SelectAdapter, "select_adapter", self.on_select,
+        self.create_service(SelectAdapter, "select_adapter", self.on_select,  # waits: reentrant
                             callback_group=ReentrantCallbackGroup())
         self.create_service(SetBool, "enable", self.on_enable)
         self.period = self.n_exec * self.control_dt
@@ -164,7 +163,8 @@ class PolicyNode(Node):
         if stamp == self.last_decision_stamp:       # another thread took this one meanwhile
             self.busy.release()
             return
-        obs = policy_io.observation_for(self, self.episode.task_id)
+        obs = self.inputs.for_decision(self.episode.task_id, self.get_clock().now(),
+                                       time.monotonic())
         if isinstance(obs, str):
             self.busy.release()
             self.stats["stale"] += 1
