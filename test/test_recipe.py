@@ -67,6 +67,15 @@ def test_policy_and_learner_agree_on_the_sampler_settings_they_set(path):
         assert secs["policy_node"].get(name) == secs["learner_node"].get(name), name
 
 
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
+def test_the_episode_manager_and_the_learner_agree_on_g(path):
+    secs = sections(path)
+    g = {n: secs[n].get("group_size", GRPOConfig.group_size)
+         for n in ("episode_manager_node", "learner_node") if n in secs}
+    assert len(set(g.values())) <= 1, f"{path.name}: group_size differs: {g}"
+    assert EpisodeManagerConfig.group_size == GRPOConfig.group_size
+
+
 def test_bench_options_are_the_dataclass_fields_with_their_defaults():
     ap = argparse.ArgumentParser()
     add_arguments(ap, GRPOConfig, skip=("device",))

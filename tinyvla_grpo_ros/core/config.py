@@ -137,8 +137,9 @@ class SamplerConfig:
                          hi=10.0)
     min_sampling_std: float = setting(0.1, "std floor of a stochastic step when sampling "
                                       "(DPPO: 0.1)", lo=0.0, hi=10.0)
-    min_logprob_std: float = setting(0.1, "std floor when scoring; keep equal to "
-                                     "min_sampling_std", lo=1e-6, hi=10.0)
+    min_logprob_std: float = setting(0.1, "std floor when scoring (> 0: the last step has zero "
+                                     "variance); keep equal to min_sampling_std", lo=1e-6,
+                                     hi=10.0)
     noise_clip: float = setting(3.0, "clip |z| of the sampling noise (0 = no clip)", lo=0.0,
                                 hi=100.0)
     executed_steps: int = setting(0, "actions executed and scored per chunk (0 = the whole "
@@ -155,9 +156,6 @@ class SamplerConfig:
         if self.stochastic_steps > self.num_inference_steps:
             raise ValueError(f"stochastic_steps (K') must lie in [0, num_inference_steps="
                              f"{self.num_inference_steps}], got {self.stochastic_steps}")
-        if self.min_logprob_std <= 0:
-            raise ValueError("min_logprob_std must be > 0 (the final step has zero variance), "
-                             f"got {self.min_logprob_std}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SamplerConfig:

@@ -29,8 +29,9 @@ from typing import Protocol
 
 import numpy as np
 
+from .config import GRPOConfig
 from .init_states import SAMPLING_MODES, latest_groups, pick_init_states
-from .recipe import check_ranges, setting
+from .recipe import check_ranges, same_as, setting
 from .regression_guard import RegressionGuard
 from .rollout_store import RolloutStore, StoreError, episode_record
 
@@ -45,7 +46,7 @@ class EpisodeManagerConfig:
     """episode_manager_node's settings (its parameters are derived from these fields)."""
 
     task: str = setting("reach-v3", "task (= adapter name)")
-    group_size: int = setting(8, "G, rollouts per group", lo=2, hi=1024)
+    group_size: int = same_as(GRPOConfig, "group_size")     # the learner's G
     init_state_ids: tuple[int, ...] = setting(tuple(range(16)), "initial states the groups "
                                               "draw from")
     init_state_sampling: str = setting("informative", "how groups draw init states "

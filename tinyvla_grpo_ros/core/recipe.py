@@ -22,6 +22,13 @@ def setting(default: Any, help: str, *, lo: float | None = None, hi: float | Non
                                                         "choices": choices})
 
 
+def same_as(cls, name: str) -> Any:
+    """A field that is the same setting as `cls.name` (its default, help and range), for a
+    second node that must agree with the first (G: the episode manager and the learner)."""
+    f = cls.__dataclass_fields__[name]
+    return dataclasses.field(default=f.default, metadata=dict(f.metadata))
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
