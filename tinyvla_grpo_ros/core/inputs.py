@@ -23,7 +23,7 @@ import numpy as np
 @dataclass(frozen=True)
 class Freshness:
     stale_after_s: float
-    future_tolerance_s: float = 0.5
+    future_tolerance_s: float
 
     def problem(self, what: str, stamp_s: float, arrival_s: float, now_s: float,
                 now_arrival_s: float) -> str:
