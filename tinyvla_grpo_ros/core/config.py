@@ -146,10 +146,13 @@ class SamplerConfig:
                                   "chunk, Ta)", lo=0, hi=4096)
     init_noise_scale: float = setting(1.0, "x_K ~ N(0, s^2 I); 1 = the distribution the head "
                                       "was trained on", lo=0.0, hi=1.0)
+    frozen_prefix: bool = setting(False, "exact trust region: the K - K' unscored denoising "
+                                  "steps run a frozen copy of the SFT policy, so training moves "
+                                  "only the scored steps")
 
     RECIPE: ClassVar[tuple[str, ...]] = ("stochastic_steps", "min_sampling_std",
                                          "min_logprob_std", "noise_clip", "executed_steps",
-                                         "init_noise_scale")
+                                         "init_noise_scale", "frozen_prefix")
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -192,6 +195,13 @@ class GRPOConfig:
                              "preset adapters only); 0 = off", lo=0.0, hi=100.0)
     target_kl: float = setting(0.05, "stop an update early when a minibatch's approximate KL "
                                "exceeds 1.5 x this (0 = off)", lo=0.0, hi=100.0)
+    sft_weight: float = setting(0.0, "weight of the denoising (SFT) loss on the task's most "
+                                "recent successful chunks, in the same optimizer steps as the "
+                                "GRPO term (0 = off)", lo=0.0, hi=1000.0)
+    success_window: int = setting(4096, "successful chunks per task that loss draws from (the "
+                                  "newest; bounds the learner's memory)", lo=1, hi=10_000_000)
+    policy_gradient: bool = setting(True, "the clipped GRPO term; off (with sft_weight > 0) is "
+                                    "filtered behaviour cloning: the denoising loss alone")
     warmup_steps: int = setting(10, "linear learning-rate warm-up over a task's first "
                                 "optimizer steps", lo=0, hi=1_000_000)
     max_grad_norm: float = setting(1.0, "gradient clipping norm", lo=1e-6, hi=1e6)
@@ -202,6 +212,9 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         check_ranges(self)
         resolve_device(self.device)
+        if not self.policy_gradient and self.sft_weight == 0:
+            raise ValueError("policy_gradient off leaves nothing to learn from unless "
+                             "sft_weight > 0 (filtered behaviour cloning)")
 
     def loss_cfg(self):
         from .grpo import GRPOLossConfig

@@ -12,7 +12,13 @@
    A LoRA B matrix has fan-in r, hence the separate scale;
 5. with `target_kl` > 0, the update stops early when a minibatch's approximate KL to the
    sampling policy (measured before its step, from the second step on) exceeds 1.5 x target_kl:
-   a step size that would collapse the policy is cut short.
+   a step size that would collapse the policy is cut short;
+6. with `sft_weight` w > 0, every optimizer step also takes w x the denoising loss (core/sft.py)
+   on as many chunks, drawn from the task's window of recent successful chunks
+   (core/success_window.py; the successes of every update enter it), on the same trainable set.
+   When there is no GRPO term (`policy_gradient` off: filtered behaviour cloning) or no group
+   with signal, that loss is all there is: the update takes as many steps as the GRPO term would
+   over all of its groups' chunks, so groups that all succeeded still teach.
 The ratio compares the per-step Gaussian log-densities of the stored K' denoising steps
 (DDPO/DPPO); the learner never mixes adapter versions in one update, so the ratio is exactly 1
 before the first step. The settings are `GRPOConfig` (core/config.py). Runs on CUDA when
@@ -30,7 +36,9 @@ from .config import GRPOConfig
 from .grpo import group_advantages, grpo_loss, step_weights
 from .model import Observation
 from .rollout_store import EpisodeRecord
-from .sampler import DiffusionSampler
+from .sampler import DiffusionSampler, build_scheduler
+from .sft import denoising_loss, noise_draws
+from .success_window import SuccessBatch, SuccessWindow
 
 __all__ = ["Batch", "GRPOConfig", "GRPOLearner", "UpdateCancelled", "UpdateStats",
            "build_batch"]
@@ -58,6 +66,8 @@ class UpdateStats:
     nonfinite_steps_skipped: int = 0
     early_stopped: int = 0              # 1 when target_kl cut the update short
     mean_reward: float = 0.0
+    sft_loss: float = 0.0               # mean weighted denoising loss per step (sft_weight > 0)
+    success_chunks: int = 0             # chunks in the task's success window
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
@@ -123,6 +133,8 @@ class GRPOLearner:
         if self.loss_cfg.kl_coef > 0:
             policy.reference()                       # raises early for presets without one
         self.optimizers: dict[str, tuple[list[int], torch.optim.Adam]] = {}
+        self.windows: dict[str, SuccessWindow] = {}  # per adapter (task)
+        self.train_sched = build_scheduler(policy.model.config, "ddpm")
         self.steps_taken: dict[str, int] = {}        # per optimizer, for the warm-up
         self.use_optimizer("default")
 
@@ -186,6 +198,32 @@ class GRPOLearner:
         acc["ratio_min"] = min(acc.get("ratio_min", math.inf), st["ratio_min"].item())
         acc["ratio_max"] = max(acc.get("ratio_max", -math.inf), st["ratio_max"].item())
 
+    def window(self, adapter: str) -> SuccessWindow:
+        """The task's window of recent successful chunks (filled by `update` and `remember`)."""
+        if adapter not in self.windows:
+            self.windows[adapter] = SuccessWindow(self.cfg.success_window)
+        return self.windows[adapter]
+
+    def remember(self, episodes: list[EpisodeRecord]) -> int:
+        """Adds stored successful episodes (e.g. of earlier versions) to their tasks' windows."""
+        return sum(self.window(e.adapter_name).add([e]) for e in episodes)
+
+    def success_gradient(self, s: SuccessBatch, acc: dict[str, float],
+                         generator: torch.Generator | None = None) -> None:
+        """Adds sft_weight x the denoising loss of the success chunks `s` to .grad, micro-batched
+        (the sum over micro-batches is the loss of the whole of `s`)."""
+        normalizer = float(s.executed.clamp(max=s.a0.shape[1]).sum() * s.a0.shape[2])
+        noise, t = noise_draws(self.policy.model, s.a0.shape, generator)
+        for start in range(0, len(s), self.cfg.micro_batch_size):
+            rows = torch.arange(start, min(start + self.cfg.micro_batch_size, len(s)))
+            m = s.select(rows).to(self.device)
+            loss = self.cfg.sft_weight * denoising_loss(
+                self.policy.model, self.train_sched, m.obs, m.a0, None, m.executed,
+                normalizer=normalizer, draws=(noise[rows].to(self.device),
+                                              t[rows].to(self.device)))
+            loss.backward()
+            acc["sft_loss"] = acc.get("sft_loss", 0.0) + loss.item()
+
     def minibatch_gradient(self, b: Batch, acc: dict[str, float]) -> None:
         """Zero grads, then accumulate the whole minibatch in micro-batches."""
         self.optimizer.zero_grad(set_to_none=True)
@@ -205,10 +243,19 @@ class GRPOLearner:
         if len(versions) > 1:
             raise ValueError(f"groups come from several adapter versions {sorted(versions)}; "
                              "the learner never mixes versions in one update")
-        batch = build_batch(groups, self.cfg, stats)
-        if batch is None:
-            return stats                               # every group had zero variance
-        stats.chunks = len(batch)
+        adapter = next(iter(versions))[0] if versions else self.policy.active
+        window = self.window(adapter) if self.cfg.sft_weight > 0 else None
+        if window is not None:
+            window.add([e for g in groups for e in g])
+            stats.success_chunks = len(window)
+        batch = build_batch(groups, self.cfg, stats) if self.cfg.policy_gradient else None
+        if batch is not None:
+            n_chunks = stats.chunks = len(batch)
+        else:      # no GRPO term, or no group with signal: the denoising loss alone, if any
+            n_chunks = sum(e.num_chunks for g in groups for e in g)
+            stats.groups = len(groups)
+            if not window:
+                return stats                           # nothing to learn from
         model = self.policy.model
         model.train()
         params = self.policy.trainable_parameters()
@@ -217,19 +264,24 @@ class GRPOLearner:
         for _ in range(self.cfg.epochs):
             if stats.early_stopped:
                 break
-            perm = torch.randperm(len(batch), generator=generator)
-            for start in range(0, len(batch), self.cfg.minibatch_size):
+            perm = torch.randperm(n_chunks, generator=generator) if batch is not None else None
+            for start in range(0, n_chunks, self.cfg.minibatch_size):
                 if should_stop is not None and should_stop():
                     model.eval()
                     raise UpdateCancelled(f"update stopped after {stats.optimizer_steps} step(s)")
                 acc: dict[str, float] = {}
-                self.minibatch_gradient(batch.select(perm[start:start + self.cfg.minibatch_size]),
-                                        acc)
-                if first:
+                n = min(self.cfg.minibatch_size, n_chunks - start)
+                if batch is not None:
+                    self.minibatch_gradient(batch.select(perm[start:start + n]), acc)
+                else:
+                    self.optimizer.zero_grad(set_to_none=True)
+                if window:
+                    self.success_gradient(window.sample(n, generator), acc, generator)
+                if first and batch is not None:
                     stats.first_ratio_max_dev = max(abs(acc["ratio_max"] - 1),
                                                     abs(acc["ratio_min"] - 1))
                     first = False
-                kl = acc["kl_sum"] / max(1.0, acc["kl_terms"])
+                kl = acc.get("kl_sum", 0.0) / max(1.0, acc.get("kl_terms", 0.0))
                 # Judged after a step only: it limits the step size, not a stale batch.
                 if self.cfg.target_kl > 0 and stats.optimizer_steps > 0 and \
                         kl > 1.5 * self.cfg.target_kl:
@@ -237,7 +289,8 @@ class GRPOLearner:
                     self.optimizer.zero_grad(set_to_none=True)
                     break
                 gn = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
-                if not (math.isfinite(acc["loss"]) and torch.isfinite(gn)):
+                step_loss = acc.get("loss", 0.0) + acc.get("sft_loss", 0.0)
+                if not (math.isfinite(step_loss) and torch.isfinite(gn)):
                     stats.nonfinite_steps_skipped += 1
                     self.optimizer.zero_grad(set_to_none=True)
                     continue
@@ -245,7 +298,7 @@ class GRPOLearner:
                 self.optimizer.step()
                 self.steps_taken[self.optimizer_key] += 1
                 stats.optimizer_steps += 1
-                losses.append(acc["loss"])
+                losses.append(step_loss)
                 grad_norms.append(gn.item())
                 for k, v in acc.items():
                     if k in ("ratio_min", "ratio_max"):
@@ -260,11 +313,13 @@ class GRPOLearner:
             print(f"[learner] skipped {stats.nonfinite_steps_skipped} optimizer step(s) with a "
                   "non-finite loss or gradient")
         if losses:
-            terms = max(1.0, totals["terms"])
+            terms = max(1.0, totals.get("terms", 0.0))
             stats.loss = sum(losses) / len(losses)
             stats.grad_norm = sum(grad_norms) / len(grad_norms)
-            stats.clip_fraction = totals["clip_count"] / terms
-            stats.approx_kl = totals["kl_sum"] / max(1.0, totals["kl_terms"])
-            stats.ref_kl = totals["ref_kl_sum"] / terms
-            stats.ratio_min, stats.ratio_max = totals["ratio_min"], totals["ratio_max"]
+            stats.sft_loss = totals.get("sft_loss", 0.0) / len(losses)
+            if batch is not None:
+                stats.clip_fraction = totals["clip_count"] / terms
+                stats.approx_kl = totals["kl_sum"] / max(1.0, totals["kl_terms"])
+                stats.ref_kl = totals["ref_kl_sum"] / terms
+                stats.ratio_min, stats.ratio_max = totals["ratio_min"], totals["ratio_max"]
         return stats

@@ -40,11 +40,12 @@ class PolicyRuntime:
         if sampler_overrides:
             sampler_cfg = SamplerConfig.from_dict(sampler_cfg.to_dict() | sampler_overrides)
         self.device = torch.device(device)
+        # Built before the adapters wrap the model: its frozen prefix (if any) is the SFT policy.
+        self.sampler = DiffusionSampler(model.config, sampler_cfg, sft_model=model).to(device)
         self.policy = AdaptedPolicy(model, adapter_cfg or AdapterConfig(), adapters)
         self.policy.model.to(self.device).eval()
         for p in self.policy.model.parameters():
             p.requires_grad_(False)
-        self.sampler = DiffusionSampler(model.config, sampler_cfg)
         self.adapter_root = Path(adapter_root)
         self.versions = {a: 0 for a in adapters}           # version 0 = the SFT start
         self.lock = threading.Lock()

@@ -262,6 +262,26 @@ class RolloutStore:
                 self.quarantine(gdir / e, str(err))
         return out
 
+    def recent_successes(self, task: str, max_chunks: int) -> list[EpisodeRecord]:
+        """The task's newest successful episodes of any version, with tensors, oldest first,
+        until they hold `max_chunks` chunks: what a restarted learner's success window holds."""
+        out, chunks = [], 0
+        for g in reversed(self.groups(task)):
+            gdir = self.group_dir(task, g)
+            for e in reversed(self.episode_ids(task, g)):
+                try:
+                    if not self.read_episode(gdir / e, with_tensors=False).success:
+                        continue
+                    rec = self.read_episode(gdir / e)
+                except StoreError as err:
+                    self.quarantine(gdir / e, str(err))
+                    continue
+                out.append(rec)
+                chunks += rec.num_chunks
+                if chunks >= max_chunks:
+                    return out[::-1]
+        return out[::-1]
+
     def prune(self, task: str, keep: int) -> list[str]:
         """Delete all but the newest `keep` groups of a task; returns the removed group ids."""
         old = self.groups(task)[:-keep] if keep > 0 else []

@@ -19,6 +19,11 @@ Each step is Gaussian:  x_{k-1} ~ N(mu_theta(x_k, t_k, c), std_k^2)
   step that decides the action most.
   Deterministic (evaluation) sampling: every step returns mu with eta = 0.
 
+The K - K' unscored steps map (observation, x_K) to x_{K'}, the input of the first scored step.
+With `frozen_prefix` (the exact trust region) they run a frozen copy of the SFT policy, taken
+when the sampler is built: training then moves only the K' scored steps, which the clipped ratio
+and the KL guard see; without it the trained weights also move x_{K'}, unseen by both.
+
 x_K ~ N(0, init_noise_scale^2 I). x_K is not scored (it does not depend on theta), so whatever its
 draw decides about the outcome is noise to GRPO; init_noise_scale < 1 narrows it (1 = the
 distribution the head was trained on). Evaluations fix x_K per (scene, decision) with
@@ -29,6 +34,7 @@ prefix (Ta_exec x Da). Per-step values are kept (B, K') because GRPO clips per d
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -77,11 +83,26 @@ def build_scheduler(model_cfg: ModelConfig, kind: str):
     return DDPMScheduler(variance_type="fixed_small", **common)
 
 
-class DiffusionSampler:
-    """DDIM (eta > 0) or DDPM sampling over diffusers tables; `sample` and `chain_log_prob`."""
+def frozen_copy(model: TinyVLAPolicy) -> TinyVLAPolicy:
+    """A copy of `model` that no optimizer, adapter or hot-swap reaches: eval mode, no grads."""
+    twin = copy.deepcopy(model).eval()
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin
 
-    def __init__(self, model_cfg: ModelConfig, cfg: SamplerConfig) -> None:
+
+class DiffusionSampler:
+    """DDIM (eta > 0) or DDPM sampling over diffusers tables; `sample` and `chain_log_prob`.
+
+    sft_model: the SFT policy, before any adapter wraps it; with `cfg.frozen_prefix` the
+    sampler keeps a frozen copy of it for the unscored steps (see the module docstring). A
+    sampler that only re-scores stored chains (the learner) needs none."""
+
+    def __init__(self, model_cfg: ModelConfig, cfg: SamplerConfig,
+                 sft_model: TinyVLAPolicy | None = None) -> None:
         self.cfg, self.model_cfg = cfg, model_cfg
+        self.prefix_model = frozen_copy(sft_model) if cfg.frozen_prefix and \
+            sft_model is not None else None
         sched = build_scheduler(model_cfg, cfg.scheduler)
         sched.set_timesteps(cfg.num_inference_steps)
         K = cfg.num_inference_steps
@@ -103,6 +124,12 @@ class DiffusionSampler:
     def stochastic_indices(self) -> torch.Tensor:
         """Indices (into the K-step schedule) of the K' fine-tuned steps."""
         return torch.arange(self.first_stochastic, self.cfg.num_inference_steps)
+
+    def to(self, device: torch.device | str) -> DiffusionSampler:
+        """Moves the frozen prefix model (the tables move per call)."""
+        if self.prefix_model is not None:
+            self.prefix_model.to(device)
+        return self
 
     def executed_steps(self) -> int:
         return self.cfg.executed_steps or self.model_cfg.horizon
@@ -148,22 +175,19 @@ class DiffusionSampler:
         cfg, mcfg = self.cfg, self.model_cfg
         B, device = len(obs), obs.images.device
         n_exec = self.executed_steps()
-        cond = model.encode(obs)                                             # (B, C)
         shape = (B, mcfg.horizon, mcfg.action_dim)
         if init_noise is None:
             init_noise = torch.randn(shape, generator=generator, device=device)
         elif init_noise.shape != shape:
             raise ValueError(f"init_noise must have shape {shape}, got {tuple(init_noise.shape)}")
-        x = init_noise.to(device) * cfg.init_noise_scale                     # x_K
-        chain, log_probs = [], []
-        for i in range(cfg.num_inference_steps):
-            stochastic = not deterministic and i >= self.first_stochastic
-            if record and i == self.first_stochastic:
-                chain.append(x)
+        cond = model.encode(obs)                                             # (B, C)
+        x = self.prefix(model, obs, init_noise, cond)                        # x_{K'}
+        chain, log_probs = [x] if record else [], []
+        for i in range(self.first_stochastic, cfg.num_inference_steps):
             idx = torch.full((B,), i, dtype=torch.long, device=device)
             eps = model(x, self.timesteps.to(device)[idx], cond)
-            mean, sigma = self.step_mean_std(x, eps, idx, stochastic)
-            if stochastic:
+            mean, sigma = self.step_mean_std(x, eps, idx, not deterministic)
+            if not deterministic:
                 z = torch.randn(x.shape, generator=generator, device=device)
                 if cfg.noise_clip > 0:
                     z = z.clamp(-cfg.noise_clip, cfg.noise_clip)
@@ -172,12 +196,33 @@ class DiffusionSampler:
                     log_probs.append(self.gaussian_log_prob(x_prev, mean, sigma, n_exec))
             else:
                 x_prev = mean
-            if record and i >= self.first_stochastic:
+            if record:
                 chain.append(x_prev)
             x = x_prev
         chain_t = torch.stack(chain, 1) if chain else x[:, None]             # (B, K'+1, Ta, Da)
         lp = torch.stack(log_probs, 1) if log_probs else torch.zeros(B, 0, device=device)
         return Chunk(model.normalizer.unnormalize_action(x), chain_t, lp, n_exec)
+
+    @torch.no_grad()
+    def prefix(self, model: TinyVLAPolicy, obs: Observation, init_noise: torch.Tensor,
+               cond: torch.Tensor | None = None) -> torch.Tensor:
+        """x_{K'} from x_K = init_noise * init_noise_scale (B, Ta, Da): the K - K' unscored,
+        deterministic steps, run by the frozen SFT copy when the sampler has one (then `cond`,
+        the trained model's encoding, is not used), by `model` otherwise."""
+        if self.cfg.frozen_prefix and self.prefix_model is None and self.first_stochastic > 0:
+            raise ValueError("frozen_prefix is set but the sampler holds no SFT model: build it "
+                             "with DiffusionSampler(..., sft_model=model) before training")
+        x = init_noise.to(obs.images.device) * self.cfg.init_noise_scale         # x_K
+        if self.first_stochastic == 0:
+            return x
+        net = self.prefix_model if self.prefix_model is not None else model
+        if net is not model or cond is None:
+            cond = net.encode(obs)
+        for i in range(self.first_stochastic):
+            idx = torch.full((len(obs),), i, dtype=torch.long, device=x.device)
+            eps = net(x, self.timesteps.to(x.device)[idx], cond)
+            x, _ = self.step_mean_std(x, eps, idx, stochastic=False)
+        return x
 
     def chain_log_prob(self, model: TinyVLAPolicy, obs: Observation, chain: torch.Tensor,
                        n_exec: int | None = None, cond: torch.Tensor | None = None

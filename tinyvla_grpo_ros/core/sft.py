@@ -47,6 +47,40 @@ class DemoWindows:
                 torch.stack(acts).float())                                   # (B, Ta, Da)
 
 
+def noise_draws(model: TinyVLAPolicy, shape, generator: torch.Generator | None,
+                device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """eps ~ N(0, I) of `shape` (B, Ta, Da) and t ~ U[0, T) per row, in this order."""
+    noise = torch.randn(shape, generator=generator, device=device)
+    t = torch.randint(model.config.num_train_timesteps, (shape[0],), generator=generator,
+                      device=device)
+    return noise, t
+
+
+def denoising_loss(model: TinyVLAPolicy, sched, obs: Observation, a0: torch.Tensor,
+                   generator: torch.Generator | None, steps: torch.Tensor | None = None,
+                   cond: torch.Tensor | None = None, normalizer: float | None = None,
+                   draws: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The eps-regression loss above on normalized chunks a0 (B, Ta, Da), the mean over its terms.
+
+    steps (B,), when given: only the first steps[b] actions of chunk b count (the executed
+    prefix), and the squared errors are summed and divided by `normalizer` (default: the
+    counted terms of this batch; pass the whole batch's count to micro-batch). `sched` is
+    `build_scheduler(..., "ddpm")` (the training table). draws = (noise, t), when given, are used
+    instead of drawing them (a micro-batch takes its rows of the whole batch's draws)."""
+    noise, t = draws if draws is not None else noise_draws(model, a0.shape, generator,
+                                                          a0.device)
+    x_t = sched.add_noise(a0, noise, t)
+    cond = model.encode(obs) if cond is None else cond
+    pred = model(x_t, t, cond)                                               # (B, Ta, Da)
+    if steps is None:
+        return torch.nn.functional.mse_loss(pred, noise)
+    err = (pred - noise) ** 2
+    mask = (torch.arange(a0.shape[1], device=a0.device)[None] < steps[:, None]).to(err.dtype)
+    if normalizer is None:
+        normalizer = float(mask.sum() * a0.shape[2])
+    return (err * mask[..., None]).sum() / max(normalizer, 1.0)
+
+
 def train_sft(model: TinyVLAPolicy, demos: list[Demonstration], cfg: SFTConfig,
               log_path: Path | None = None, progress: bool = True) -> list[float]:
     """Fit the normalizer on the demos, then train every parameter by eps regression."""
@@ -71,10 +105,7 @@ def train_sft(model: TinyVLAPolicy, demos: list[Demonstration], cfg: SFTConfig,
         rows = torch.randint(len(data), (cfg.batch_size,), generator=gen).tolist()
         obs, actions = data.batch(rows)
         a0 = model.normalizer.normalize_action(actions)                      # (B, Ta, Da)
-        noise = torch.randn(a0.shape, generator=gen)
-        t = torch.randint(model.config.num_train_timesteps, (a0.shape[0],), generator=gen)
-        x_t = sched.add_noise(a0, noise, t)
-        loss = torch.nn.functional.mse_loss(model(x_t, t, model.encode(obs)), noise)
+        loss = denoising_loss(model, sched, obs, a0, gen)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)

@@ -40,6 +40,7 @@ from ..core.checkpoint import load_checkpoint
 from ..core.config import GRPOConfig
 from ..core.init_states import SAMPLING_MODES, latest_groups, outcome_classes, pick_init_states
 from ..core.learner import GRPOLearner
+from ..core.model import Observation
 from ..core.recipe import check_ranges, setting
 from ..core.rollout_store import EpisodeRecord, episode_record
 from ..core.sampler import DiffusionSampler
@@ -102,6 +103,25 @@ def to_records(eps: list[LockstepEpisode], group_id: str, task: str, version: in
             for j, e in enumerate(eps)]
 
 
+def probe_observations(eps: list[LockstepEpisode], instruction: str) -> Observation:
+    """The first observation of every episode of an update: where x_{K'} is probed."""
+    first = [e.frames[0] for e in eps if e.frames]
+    return Observation(torch.stack([f["images"] for f in first]),
+                       torch.stack([f["states"] for f in first]), [instruction] * len(first))
+
+
+def probe_noise(obs: Observation, cfg) -> torch.Tensor:
+    """The same x_K for the probe before and after an update."""
+    return torch.randn((len(obs), cfg.horizon, cfg.action_dim),
+                       generator=torch.Generator().manual_seed(0))
+
+
+def prefix_shift(before: torch.Tensor, after: torch.Tensor, std_floor: float) -> float:
+    """RMS change of x_{K'} over the probe, in units of the sampler's std floor: how far an update
+    moved the input of the first scored step, which no ratio sees (0 with frozen_prefix)."""
+    return float(((after - before) ** 2).mean().sqrt()) / max(std_floor, 1e-12)
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
@@ -119,8 +139,8 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, run: RunConfig | No
     grpo = grpo or GRPOConfig(device="cpu")
     G, preset, eval_draws, state_rollouts = grpo.group_size, run.preset, run.eval_draws, \
         run.state_rollouts
+    sampler = DiffusionSampler(model.config, scfg, sft_model=model)   # before the adapters
     policy = AdaptedPolicy(model, AdapterConfig(preset=preset, rank=run.lora_rank), [task])
-    sampler = DiffusionSampler(model.config, scfg)
     learner = GRPOLearner(policy, sampler, grpo)
     n_scenes = max(G * run.groups_per_update, run.cell, run.heldout)
     scenes = [MetaWorldScene(task, image_size=model.config.image_size, max_steps=run.max_steps,
@@ -133,17 +153,19 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, run: RunConfig | No
     held = list(range(EVAL_FIRST_ID, EVAL_FIRST_ID + run.heldout))
 
     draws_log: dict[str, list[list[float]]] = {"cell": [], "heldout": []}
+    states_log: dict[str, list[list[float]]] = {"cell": [], "heldout": []}   # per state
 
     def success(which: str) -> float:
         """Deterministic success on the cell or the held-out states, the mean over `eval_draws`
         paired x_K draws: draw j of every evaluation in this run uses noise key (seed, j), so
         versions meet the same x_K."""
         ids = cell if which == "cell" else held
-        per_draw = [float(np.mean([e.success for e in run_lockstep(
+        wins = np.array([[e.success for e in run_lockstep(
             scenes, policy.model, sampler, ids, True, torch.Generator(),
-            noise_key=1_000 * seed + j)])) for j in range(eval_draws)]
-        draws_log[which].append(per_draw)
-        return float(np.mean(per_draw))
+            noise_key=1_000 * seed + j)] for j in range(eval_draws)], dtype=float)
+        draws_log[which].append(wins.mean(axis=1).tolist())
+        states_log[which].append(wins.mean(axis=0).tolist())
+        return float(np.mean(wins.mean(axis=1)))     # the mean of the draws' means
 
     def state_successes(ids: list[int]) -> list[int]:
         """Successes of `state_rollouts` stochastic rollouts per state (same noise seed each
@@ -188,13 +210,18 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, run: RunConfig | No
                              instruction) for g in range(run.groups_per_update)]
         done += len(ids)
         explore.append((done, float(np.mean([e.success for e in eps]))))
+        probe = probe_observations(eps, instruction)
+        x_before = sampler.prefix(policy.model, probe, probe_noise(probe, model.config))
         t0, rss0 = time.perf_counter(), rss_mb()
         st = learner.update(groups, generator=gen)
         learner_s += time.perf_counter() - t0
+        shift = prefix_shift(x_before, sampler.prefix(policy.model, probe, probe_noise(
+            probe, model.config)), scfg.min_sampling_std)
         peak_update_mb = max(peak_update_mb, rss_mb() - rss0)
         if st.optimizer_steps:
             version += 1
-        stats_log.append({"update": u, "episodes": done, **st.as_dict()})
+        stats_log.append({"update": u, "episodes": done, "prefix_shift": shift,
+                          "explore_success": explore[-1][1], **st.as_dict()})
         if (u + 1) % run.eval_every == 0 or u == updates - 1:
             curve.append((done, success("cell")))
             if curve[-1][1] >= kept["cell"]:
@@ -231,6 +258,8 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, run: RunConfig | No
         "kept_success": kept["cell"], "heldout_kept_success": held_kept,
         "cell": cell, "heldout": [held[0], held[-1]], "curve": curve, "explore_curve": explore,
         "eval_draws": eval_draws, "eval_draw_success": draws_log,
+        # per state, the mean over the draws: cell [SFT, ..., last]; held-out [SFT, last(, kept)]
+        "eval_state_success": states_log,
         "versions": version, "learner_seconds": round(learner_s, 2),
         "learner_seconds_per_update": round(learner_s / max(1, updates), 3),
         "trainable_params": sum(p.numel() for p in policy.trainable_parameters()),

@@ -68,11 +68,11 @@ def run_toy_grpo(seed: int = 0, updates: int = 4, group_size: int = 8, states_pe
     t0 = time.time()
     env = ToyReach()
     base = weak_sft_policy(seed, steps=sft_steps)
-    policy = AdaptedPolicy(base, AdapterConfig(preset=preset), ["toy_reach"])
     sampler = DiffusionSampler(base.config, SamplerConfig(num_inference_steps=10,
                                                           stochastic_steps=3,
                                                           min_sampling_std=0.1,
-                                                          min_logprob_std=0.1))
+                                                          min_logprob_std=0.1), sft_model=base)
+    policy = AdaptedPolicy(base, AdapterConfig(preset=preset), ["toy_reach"])
     grpo = grpo or toy_grpo_config(group_size=group_size, lr=3e-4, minibatch_size=64)
     learner = GRPOLearner(policy, sampler, grpo)
     gen = torch.Generator().manual_seed(seed)

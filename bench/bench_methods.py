@@ -1,0 +1,232 @@
+"""Learning methods side by side: the same SFT starts, seeds, cells and paired evaluations.
+
+    python bench/bench_methods.py                        # 5 methods x 3 tasks x 3 seeds
+    python bench/bench_methods.py --tasks reach-v3 --seeds 0 --methods grpo grpo+etr   # screen
+    python bench/bench_methods.py --quick                # make bench: 2 short runs
+
+Methods (each sets its distinguishing fields explicitly, whatever the recipe's defaults are):
+    grpo            GRPO with the trained weights on every denoising step (the old behaviour)
+    grpo+etr        + the exact trust region: the unscored steps run the frozen SFT copy
+    grpo+etr+sft    + the denoising loss on the task's recent successful chunks (--sft-weight)
+    filtered_bc     that denoising loss alone, no GRPO term (filtered behaviour cloning)
+    null            GRPO with each group's outcomes shuffled among its episodes: what the
+                    updates alone do, the figure every method must beat
+A run is bench_learning.py's child (one subprocess, one core) and its file
+bench/results/runs/<out>/<task>-s<seed>-<method>.json is reused when its recipe (learner, run,
+sampler overrides) is the one asked for. Per method and task, bench/results/<out>.json holds
+the cell and held-out lift (mean, worst seed, a 95% interval over the paired (seed, state)
+differences), the exploring policy's success in the first and last quarter, the fraction of
+groups with signal, the learner's seconds per update and how far each update moved x_{K'}
+(in units of the std floor); <out>.png plots the lifts. name=value lines print last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import bench_learning as bl
+import numpy as np
+
+from tinyvla_grpo_ros.core.config import GRPOConfig, SamplerConfig
+from tinyvla_grpo_ros.core.recipe import add_arguments
+from tinyvla_grpo_ros.sim.metaworld_grpo import RunConfig
+from tinyvla_grpo_ros.sim.sft_start import task_sft_start
+
+PLAIN = {"grpo": {}, "sampler": {"frozen_prefix": False}, "run": {"shuffle_credit": False}}
+
+
+def methods(sft_weight: float) -> dict[str, dict]:
+    """Each method's overrides of the learner, sampler and run settings."""
+    off = {"sft_weight": 0.0, "policy_gradient": True}
+    return {
+        "grpo": {"grpo": off, "sampler": {"frozen_prefix": False}},
+        "grpo+etr": {"grpo": off, "sampler": {"frozen_prefix": True}},
+        "grpo+etr+sft": {"grpo": {"sft_weight": sft_weight, "policy_gradient": True},
+                         "sampler": {"frozen_prefix": True}},
+        "filtered_bc": {"grpo": {"sft_weight": sft_weight, "policy_gradient": False},
+                        "sampler": {"frozen_prefix": False}},
+        "null": {"grpo": off, "sampler": {"frozen_prefix": False},
+                 "run": {"shuffle_credit": True}},
+    }
+
+
+def method_spec(base: dict, overrides: dict) -> dict:
+    spec = {k: dict(v) for k, v in base.items()}
+    for part, values in overrides.items():
+        spec[part].update(values)
+    for part, values in PLAIN.items():          # unset method fields take the plain value
+        for k, v in values.items():
+            spec[part].setdefault(k, v)
+    GRPOConfig(**spec["grpo"])
+    RunConfig(**spec["run"])
+    SamplerConfig(**spec["sampler"])
+    return spec
+
+
+def same_recipe(stored: dict, spec: dict) -> bool:
+    """A stored run is reused only when it ran this recipe."""
+    return (stored.get("grpo") == spec["grpo"] and stored.get("run") == spec["run"] and
+            all(stored.get("sampler", {}).get(k) == v for k, v in spec["sampler"].items()))
+
+
+def paired_interval(diffs: list[float]) -> tuple[float, float, float]:
+    """Mean and normal 95% interval of paired differences, in points."""
+    d = 100 * np.asarray(diffs, dtype=float)
+    half = 1.96 * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def summarize(rs: list[dict]) -> dict:
+    cell = [r["final_success"] - r["sft_success"] for r in rs]
+    held = [r["heldout_final_success"] - r["heldout_sft_success"] for r in rs]
+    states = [r["eval_state_success"] for r in rs]
+    cell_d = [b - a for s in states for a, b in zip(s["cell"][0], s["cell"][-1])]
+    held_d = [b - a for s in states for a, b in zip(s["heldout"][0], s["heldout"][1])]
+
+    def quarter(r, q):
+        e = [s for _, s in r["explore_curve"]]
+        n = max(1, len(e) // 4)
+        return float(np.mean(e[:n] if q == 0 else e[-n:]))
+
+    shifts = [u["prefix_shift"] for r in rs for u in r["updates"] if u["optimizer_steps"]]
+    out = {"runs": len(rs), "seeds": [r["seed"] for r in rs], "episodes": rs[0]["episodes"],
+           "sft": float(np.mean([r["sft_success"] for r in rs])),
+           "final": float(np.mean([r["final_success"] for r in rs])),
+           "cell_lift_mean": 100 * float(np.mean(cell)),
+           "cell_lift_worst_seed": 100 * float(np.min(cell)),
+           "heldout_sft": float(np.mean([r["heldout_sft_success"] for r in rs])),
+           "heldout_final": float(np.mean([r["heldout_final_success"] for r in rs])),
+           "heldout_lift_mean": 100 * float(np.mean(held)),
+           "heldout_lift_worst_seed": 100 * float(np.min(held)),
+           "explore_first_quarter": float(np.mean([quarter(r, 0) for r in rs])),
+           "explore_last_quarter": float(np.mean([quarter(r, 3) for r in rs])),
+           "signal_group_fraction": bl.signal_fraction(rs),
+           "learner_seconds_per_update": float(np.mean([r["learner_seconds_per_update"]
+                                                        for r in rs])),
+           "prefix_shift_per_update": float(np.mean(shifts)) if shifts else 0.0,
+           "wall_seconds_mean": float(np.mean([r["wall_seconds"] for r in rs]))}
+    for name, d in (("cell", cell_d), ("heldout", held_d)):
+        m, lo, hi = paired_interval(d)
+        out[f"{name}_lift_paired_ci95"] = [lo, hi]
+        out[f"{name}_paired_states"] = len(d)
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(result["methods"])
+    tasks = sorted({t for m in result["summary"].values() for t in m})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False,
+                             sharey=True)
+    for ax, task in zip(axes[0], tasks):
+        for i, m in enumerate(names):
+            s = result["summary"].get(m, {}).get(task)
+            if not s:
+                continue
+            lo, hi = s["cell_lift_paired_ci95"]
+            ax.bar(i, s["cell_lift_mean"], color="tab:blue", alpha=0.7)
+            ax.errorbar(i, s["cell_lift_mean"], yerr=[[s["cell_lift_mean"] - lo],
+                                                      [hi - s["cell_lift_mean"]]],
+                        color="k", capsize=3, lw=1)
+            seeds = [r for r in result["runs"] if r["method"] == m and r["task"] == task]
+            ax.scatter([i] * len(seeds), [100 * (r["final_success"] - r["sft_success"])
+                                          for r in seeds], color="k", s=8, zorder=3)
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(task, fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("cell lift, points (95% paired CI, seeds as dots)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", default=list(bl.TASKS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=list(methods(1.0)),
+                    choices=list(methods(1.0)))
+    ap.add_argument("--method-sft-weight", type=float, default=1.0,
+                    help="sft_weight of grpo+etr+sft and filtered_bc")
+    ap.add_argument("--out", default="methods", help="results name under bench/results")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
+    ap.add_argument("--rerun", action="store_true", help="ignore finished runs on disk")
+    ap.add_argument("--quick", action="store_true", help="two short runs (make bench)")
+    ap.add_argument("--demos", type=int, default=0, help="SFT demos (0: per task, TASK_SFT)")
+    ap.add_argument("--sft-steps", type=int, default=3000, help="SFT steps, with --demos")
+    add_arguments(ap.add_argument_group("run (sim/metaworld_grpo.RunConfig)"), RunConfig,
+                  skip=("preset",))
+    add_arguments(ap.add_argument_group("learner (core/config.GRPOConfig)"), GRPOConfig,
+                  skip=("device",))
+    add_arguments(ap.add_argument_group("sampler (core/config.SamplerConfig)"), SamplerConfig,
+                  only=SamplerConfig.RECIPE, default_from="the SFT checkpoint's")
+    args = ap.parse_args()
+    if args.quick:
+        args.tasks, args.seeds, args.out, args.rerun = ["reach-v3"], [0], "methods_quick", True
+        args.methods = ["grpo", "grpo+etr+sft"]
+        args.demos, args.sft_steps, args.episodes, args.cell, args.heldout = 8, 300, 32, 8, 4
+        args.eval_every = 1
+    try:
+        base = bl.run_spec(args, RunConfig.preset)
+        table = methods(args.method_sft_weight)
+        specs = {m: method_spec(base, table[m]) for m in args.methods}
+    except ValueError as e:
+        ap.error(str(e))
+    t0 = time.time()
+    ckpts = {t: str(task_sft_start(t, bl.ROOT / "cache" / "sft", args.goal_marker_radius,
+                                   args.demos, args.sft_steps)) for t in args.tasks}
+    run_dir = bl.RESULTS / "runs" / args.out
+    jobs = []
+    for t in args.tasks:
+        for s in args.seeds:
+            for m in args.methods:
+                out = run_dir / f"{t}-s{s}-{bl.slug(m)}.json"
+                if out.is_file() and not same_recipe(json.loads(out.read_text()), specs[m]):
+                    print(f"{out.name}: stored with another recipe; running again")
+                    out.unlink()
+                jobs.append({"task": t, "seed": s, "spec": specs[m], "ckpt": ckpts[t],
+                             "out": str(out), "method": m})
+    with ThreadPoolExecutor(args.jobs) as pool:
+        runs = list(pool.map(lambda j: bl.run_one(j, args) | {"method": j["method"]}, jobs))
+    summary: dict[str, dict] = {}
+    for m in args.methods:
+        for t in args.tasks:
+            rs = [r for r in runs if r["method"] == m and r["task"] == t]
+            summary.setdefault(m, {})[t] = summarize(rs)
+    drop = ("checkpoint", "learner_seconds", "updates")
+    result = {"name": args.out, "methods": args.methods, "specs": specs, "summary": summary,
+              "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+              "wall_seconds": round(time.time() - t0, 1),
+              "runs": [{k: v for k, v in r.items() if k not in drop} for r in runs]}
+    bl.RESULTS.mkdir(parents=True, exist_ok=True)
+    (bl.RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, bl.RESULTS / f"{args.out}.png")
+    p = args.out
+    for m, per_task in summary.items():
+        for t, s in per_task.items():
+            k = f"{p}_{bl.slug(m)}_{bl.slug(t)}"
+            lo, hi = s["cell_lift_paired_ci95"]
+            print(f"{m} {t}: SFT {s['sft']:.2f} -> {s['final']:.2f} (cell lift "
+                  f"{s['cell_lift_mean']:+.1f} [{lo:+.1f}, {hi:+.1f}], worst seed "
+                  f"{s['cell_lift_worst_seed']:+.1f}; held-out {s['heldout_lift_mean']:+.1f}; "
+                  f"explore {s['explore_first_quarter']:.2f} -> {s['explore_last_quarter']:.2f};"
+                  f" signal {s['signal_group_fraction']:.2f}; "
+                  f"{s['learner_seconds_per_update']:.1f} s/update; x_K' shift "
+                  f"{s['prefix_shift_per_update']:.3f})")
+            print(f"{k}_cell_lift_points={s['cell_lift_mean']:.1f}")
+            print(f"{k}_heldout_lift_points={s['heldout_lift_mean']:.1f}")
+        lifts = [s["cell_lift_mean"] for s in per_task.values()]
+        print(f"{p}_{bl.slug(m)}_mean_lift_points={np.mean(lifts):.1f}")
+    print(f"{p}_wall_min={result['wall_seconds'] / 60:.1f}")
+
+
+if __name__ == "__main__":
+    main()
