@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ import bench_learning as bl
 import numpy as np
 
 from tinyvla_grpo_ros.core.config import GRPOConfig, SamplerConfig
+from tinyvla_grpo_ros.core.intervals import paired_interval
 from tinyvla_grpo_ros.core.recipe import add_arguments
 from tinyvla_grpo_ros.sim.metaworld_grpo import RunConfig
 from tinyvla_grpo_ros.sim.sft_start import task_sft_start
@@ -74,13 +74,6 @@ def same_recipe(stored: dict, spec: dict) -> bool:
             all(stored.get("sampler", {}).get(k) == v for k, v in spec["sampler"].items()))
 
 
-def paired_interval(diffs: list[float]) -> tuple[float, float, float]:
-    """Mean and normal 95% interval of paired differences, in points."""
-    d = 100 * np.asarray(diffs, dtype=float)
-    half = 1.96 * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
-
-
 def summarize(rs: list[dict]) -> dict:
     cell = [r["final_success"] - r["sft_success"] for r in rs]
     held = [r["heldout_final_success"] - r["heldout_sft_success"] for r in rs]
@@ -111,7 +104,7 @@ def summarize(rs: list[dict]) -> dict:
            "prefix_shift_per_update": float(np.mean(shifts)) if shifts else 0.0,
            "wall_seconds_mean": float(np.mean([r["wall_seconds"] for r in rs]))}
     for name, d in (("cell", cell_d), ("heldout", held_d)):
-        m, lo, hi = paired_interval(d)
+        _, lo, hi = paired_interval(100 * np.asarray(d))
         out[f"{name}_lift_paired_ci95"] = [lo, hi]
         out[f"{name}_paired_states"] = len(d)
     return out

@@ -134,3 +134,21 @@ def test_an_episodes_first_frame_does_not_depend_on_the_episode_before():
         s.close()
 
 
+
+
+def test_every_stored_version_is_evaluated_on_the_same_states_and_draws(tmp_path):
+    from tinyvla_grpo_ros.core.adapters import AdaptedPolicy, AdapterConfig, save_adapter_version
+    from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
+    from tinyvla_grpo_ros.sim.evaluate import evaluate_versions
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
+    ckpt = save_checkpoint(tmp_path / "sft", TinyVLAPolicy(cfg), SamplerConfig(executed_steps=4))
+    acfg = AdapterConfig(preset="adapters", rank=2)
+    policy = AdaptedPolicy(TinyVLAPolicy(cfg), acfg, ["reach-v3"])
+    for v in (0, 1):
+        save_adapter_version(policy, tmp_path / "adapters", v, parent=v - 1 if v else None)
+    res = evaluate_versions(ckpt, tmp_path / "adapters", "reach-v3", acfg, [5, 6, 7],
+                            {"frozen_prefix": True}, scenes_at_once=2, max_steps=8,
+                            log=lambda s: None)
+    assert sorted(res) == [0, 1] and all(len(w) == 3 for w in res.values())
+    assert res[0] == res[1]       # v1 holds the same (untrained) tensors: the same draws, paired

@@ -5,7 +5,9 @@
 2. sim_node, policy_node, episode_manager_node and learner_node as separate processes over DDS
    (config/sim_loop.yaml, as launch/sim.launch.py starts them), for `--groups` groups of G;
 3. a table of success rate per adapter version: exploration (stochastic sampler, the episodes
-   learned from) and evaluation (deterministic sampler, held-out init states).
+   learned from, through the nodes) and the deterministic success of every version on --heldout
+   init states never trained on, in the fast lock-step runner (sim/evaluate.py), each with its
+   95% interval, and the paired difference of the last version against the first.
 Adapters and rollouts stay on disk under --out. ARGS="--groups 4 --group-size 4" make demo.
 """
 from __future__ import annotations
@@ -17,11 +19,16 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
-from .launcher import Launch
-from .sim.sft_start import build_sft_start
+from .core.adapters import AdapterConfig
+from .core.config import SamplerConfig
+from .core.intervals import paired_interval, wilson_interval
+from .launcher import Launch, node_sections
+from .sim.evaluate import evaluate_versions
+from .sim.sft_start import EVAL_FIRST_ID, build_sft_start
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", default="reach-v3")
     ap.add_argument("--groups", type=int, default=8, help="groups of G rollouts to run")
     ap.add_argument("--group-size", type=int, default=8, help="G")
-    ap.add_argument("--eval-states", type=int, default=8, help="held-out init states per version")
+    ap.add_argument("--heldout", type=int, default=100, help="held-out init states each "
+                    "version is evaluated on after the loop (lock-step runner)")
+    ap.add_argument("--eval-states", type=int, default=0, help="held-out init states the "
+                    "episode manager also evaluates each version on, through the nodes")
     ap.add_argument("--demos", type=int, default=60, help="expert demonstrations for SFT")
     ap.add_argument("--sft-steps", type=int, default=3000)
     ap.add_argument("--goal-marker-radius", type=float, default=0.04,
@@ -47,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                            goal_marker_radius=args.goal_marker_radius)
     run = (args.out / time.strftime("%Y%m%d-%H%M%S")).resolve()
     (run / "logs").mkdir(parents=True)
-    eval_ids = list(range(10_000, 10_000 + args.eval_states)) or [-1]
+    eval_ids = list(range(EVAL_FIRST_ID, EVAL_FIRST_ID + args.eval_states)) or [-1]
     ov = {
         "sim_node": {"task": args.task, "pace": "fast",
                      "goal_marker_radius": args.goal_marker_radius},
@@ -114,24 +124,60 @@ def main(argv: list[str] | None = None) -> int:
         launch.stop()
         node.destroy_node()
         rclpy.shutdown()
-    versions = sorted(set(explore) | set(evals))
+    heldout = heldout_success(args, ckpt, run)
+    versions = sorted(set(explore) | set(evals) | set(heldout))
     rows = [{"version": v, "explore_episodes": len(explore[v]),
              "explore_success": sum(explore[v]) / len(explore[v]) if explore[v] else None,
-             "eval_episodes": len(evals[v]),
-             "eval_success": sum(evals[v]) / len(evals[v]) if evals[v] else None}
+             "node_eval_episodes": len(evals[v]),
+             "node_eval_success": sum(evals[v]) / len(evals[v]) if evals[v] else None,
+             "heldout_states": len(heldout.get(v, [])),
+             "heldout_success": float(np.mean(heldout[v])) if v in heldout else None,
+             "heldout_ci95": wilson_interval(sum(heldout[v]), len(heldout[v]))
+             if v in heldout else None}
             for v in versions]
-    (run / "summary.json").write_text(json.dumps(rows, indent=2))
     fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    ci = lambda r: "-" if r is None else f"[{r[0]:.2f}, {r[1]:.2f}]"  # noqa: E731
     print(f"\nsuccess rate per adapter version ({args.task}; explore = stochastic sampler, "
-          f"eval = deterministic on {args.eval_states} held-out init states)")
-    print("| version | explore episodes | explore success | eval episodes | eval success |")
+          f"through the nodes; held-out = deterministic, {args.heldout} init states never "
+          "trained on, lock-step runner, 95% Wilson interval)")
+    print("| version | explore episodes | explore success | held-out success | 95% interval |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| v{r['version']:04d} | {r['explore_episodes']} | {fmt(r['explore_success'])} | "
-              f"{r['eval_episodes']} | {fmt(r['eval_success'])} |")
+              f"{fmt(r['heldout_success'])} | {ci(r['heldout_ci95'])} |")
+    if len(heldout) >= 2:
+        first, last = min(heldout), max(heldout)
+        d, lo, hi = paired_interval(100 * (np.array(heldout[last], float) -
+                                           np.array(heldout[first], float)))
+        print(f"\nv{first:04d} {fmt(np.mean(heldout[first]))} {ci(rows[0]['heldout_ci95'])} -> "
+              f"v{last:04d} {fmt(np.mean(heldout[last]))} "
+              f"{ci(next(r for r in rows if r['version'] == last)['heldout_ci95'])}: "
+              f"{d:+.1f} points, paired 95% interval [{lo:+.1f}, {hi:+.1f}] over the same "
+              f"{len(heldout[last])} states and x_K draws")
+    if any(evals.values()):
+        print("node evaluation episodes: " + ", ".join(
+            f"v{r['version']:04d} {fmt(r['node_eval_success'])} ({r['node_eval_episodes']})"
+            for r in rows if r["node_eval_episodes"]))
+    (run / "summary.json").write_text(json.dumps(rows, indent=2))
     print(f"\nadapters: {run / 'adapters'}\nrollouts: {run / 'rollouts'}\n"
           f"total {time.time() - t0:.0f} s")
     return code
+
+
+def heldout_success(args, ckpt: Path, run: Path) -> dict[int, list[bool]]:
+    """Every stored version on --heldout init states, with the nodes' own settings."""
+    if args.heldout <= 0:
+        return {}
+    nodes = node_sections(ROOT / "config" / "sim_loop.yaml")
+    learner = nodes.get("learner_node", {})
+    sampler = {k: v for k, v in nodes.get("policy_node", {}).items()
+               if k in SamplerConfig.RECIPE}
+    cfg = AdapterConfig(preset=learner.get("trainable_preset", "adapters"),
+                        rank=int(learner.get("lora_rank", 8)))
+    print(f"\nevaluating every version on {args.heldout} held-out init states ...", flush=True)
+    ids = list(range(EVAL_FIRST_ID + 1000, EVAL_FIRST_ID + 1000 + args.heldout))
+    return evaluate_versions(ckpt, run / "adapters", args.task, cfg, ids, sampler,
+                             goal_marker_radius=args.goal_marker_radius)
 
 
 if __name__ == "__main__":
