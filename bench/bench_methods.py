@@ -69,8 +69,13 @@ def method_spec(base: dict, overrides: dict) -> dict:
 
 
 def same_recipe(stored: dict, spec: dict) -> bool:
-    """A stored run is reused only when it ran this recipe."""
-    return (stored.get("grpo") == spec["grpo"] and stored.get("run") == spec["run"] and
+    """A stored run is reused only when it ran this recipe. How often the cell is evaluated
+    does not count: evaluations draw from their own generators, so the training, the SFT and
+    the final figures are the same whatever the cadence (only the curve has fewer points)."""
+    cadence = ("eval_every",)
+    run = {k: v for k, v in stored.get("run", {}).items() if k not in cadence}
+    return (stored.get("grpo") == spec["grpo"] and
+            run == {k: v for k, v in spec["run"].items() if k not in cadence} and
             all(stored.get("sampler", {}).get(k) == v for k, v in spec["sampler"].items()))
 
 
@@ -178,8 +183,8 @@ def main() -> None:
                                    args.demos, args.sft_steps)) for t in args.tasks}
     run_dir = bl.RESULTS / "runs" / args.out
     jobs = []
-    for t in args.tasks:
-        for s in args.seeds:
+    for s in args.seeds:              # a seed's whole comparison first: partial grids compare
+        for t in args.tasks:
             for m in args.methods:
                 out = run_dir / f"{t}-s{s}-{bl.slug(m)}.json"
                 if out.is_file() and not same_recipe(json.loads(out.read_text()), specs[m]):

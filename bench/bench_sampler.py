@@ -2,6 +2,9 @@
 
     logprob_overhead_ratio   sampling with / without recording chain + log-probs (goal <= 1.10)
     batched_rescore_speedup  per-step re-scoring (a policy call per step) / one batched call (>= 3)
+    frozen_prefix_latency_ratio   a decision (B = 1) with the exact trust region / without: the
+                             frozen SFT copy runs the unscored steps and encodes the
+                             observation a second time
     forward_ms_<preset>, params_m_<preset>   encode + one head step, batch 1, per model preset
 """
 import argparse
@@ -51,6 +54,17 @@ def main() -> None:
         print(f"sample tiny B=1 K=10 K'=3: with log-probs {t['record'] * 1e3:.2f} ms, "
               f"without {t['plain'] * 1e3:.2f} ms")
         print(f"logprob_overhead_ratio={t['record'] / t['plain']:.3f}")
+
+        frozen = DiffusionSampler(cfg, SamplerConfig(num_inference_steps=10, stochastic_steps=3,
+                                                     frozen_prefix=True), sft_model=model)
+        frozen.to(args.device)
+        t = interleaved({
+            "frozen": lambda: frozen.sample(model, obs, torch.Generator().manual_seed(0)),
+            "plain": lambda: sampler.sample(model, obs, torch.Generator().manual_seed(0))},
+            reps)
+        print(f"decision with the frozen prefix {t['frozen'] * 1e3:.2f} ms, without "
+              f"{t['plain'] * 1e3:.2f} ms")
+        print(f"frozen_prefix_latency_ratio={t['frozen'] / t['plain']:.3f}")
 
         B = 16
         obs_b = obs_for(cfg, B).to(args.device)

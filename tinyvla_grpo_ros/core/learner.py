@@ -253,7 +253,10 @@ class GRPOLearner:
             n_chunks = stats.chunks = len(batch)
         else:      # no GRPO term, or no group with signal: the denoising loss alone, if any
             n_chunks = sum(e.num_chunks for g in groups for e in g)
-            stats.groups = len(groups)
+            if not self.cfg.policy_gradient:           # groups with signal, for the record
+                stats.groups = len(groups)
+                stats.groups_skipped = sum(len({e.reward for e in g}) < 2 for g in groups)
+                stats.skipped_fraction = stats.groups_skipped / max(1, stats.groups)
             if not window:
                 return stats                           # nothing to learn from
         model = self.policy.model

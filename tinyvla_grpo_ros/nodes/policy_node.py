@@ -293,7 +293,7 @@ def main() -> None:
     # One intra-op thread: on a small CPU, torch's thread pool fights the executor threads
     # (measured on 2 cores: decision latency p95 91 ms with the default, 43 ms with 1).
     torch.set_num_threads(1)
-    rc.run(PolicyNode, threads=4)
+    rc.run(PolicyNode, events=True)    # inference, swaps: own threads; callbacks only convert
 
 
 if __name__ == "__main__":

@@ -141,14 +141,18 @@ def image_to_numpy(msg: Image) -> np.ndarray:
     return arr[..., ::-1].copy() if msg.encoding == "bgr8" else arr.copy()
 
 
-def run(node_factory: Callable[[], Node], threads: int = 4) -> None:
+def run(node_factory: Callable[[], Node], threads: int = 4, events: bool = False) -> None:
     """The rclpy main(): init, spin, and one clean shutdown however it is asked for.
 
     SIGINT (once, or twice as a terminal's Ctrl-C under `ros2 launch` delivers it) and SIGTERM
     only set a flag: the executor stops spinning, the node's `close()` finishes its threads while
     the context is still valid (so nothing publishes into a closed context), then the node is
     destroyed and rclpy shut down; the process exits 0. A factory that raises (a bad parameter)
-    exits 1 with its message. threads=1 spins in the main thread (a GL context lives there)."""
+    exits 1 with its message. threads=1 spins in the main thread (a GL context lives there).
+    events=True spins rclpy's EventsExecutor (one thread, an event queue in C++): a node whose
+    heavy work runs on its own threads keeps the GIL free for them. MultiThreadedExecutor's spin
+    re-submits entities that are still being handled and scans the growing list of their futures
+    on every wake-up (docs/RESULTS.md, "Decisions on time")."""
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
 
@@ -159,8 +163,12 @@ def run(node_factory: Callable[[], Node], threads: int = 4) -> None:
     node = executor = None
     try:
         node = node_factory()
-        executor = (SingleThreadedExecutor() if threads == 1
-                    else MultiThreadedExecutor(num_threads=threads))
+        if events:
+            from rclpy.experimental import EventsExecutor
+            executor = EventsExecutor()
+        else:
+            executor = (SingleThreadedExecutor() if threads == 1
+                        else MultiThreadedExecutor(num_threads=threads))
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
