@@ -2,10 +2,13 @@
 
     python bench/bench_load.py              # 10 minutes (the reliability goal)
     python bench/bench_load.py --quick      # 1 minute (make bench)
+    python bench/bench_load.py --learner-beside   # with a GRPO learner training on the machine
 
 A real policy_node process (tiny preset; its model takes the 224 px frames and resizes them)
 decides at most once per period (decision_period_s default: executed_steps / control_rate_hz =
-0.1 s) however fast the camera runs. This harness is the camera (rgb8, sensor QoS), the joint
+0.1 s) however fast the camera runs, and pipelines its chunks (`--pipeline-lead`, the node's
+pipeline_lead_s: each decision starts that long before the current chunk ends). This harness is
+the camera (rgb8, sensor QoS), the joint
 states, and an episode manager that runs 20 s episodes with 1 s pauses (a hold at every end).
 Every 5 s it samples the node's resident memory, threads and open files from /proc, and its
 /diagnostics (inference / loader queue lengths, missed decisions, holds).
@@ -13,7 +16,10 @@ Every 5 s it samples the node's resident memory, threads and open files from /pr
     load_rss_growth_mb_per_min  slope of a least-squares line through RSS after the first 20 %
     load_rss_start_mb, load_rss_end_mb, load_threads_max, load_fds_max
     load_camera_hz, load_decision_hz, load_chunk_latency_p95_ms (chunk stamp -> received)
-    load_inference_queue_max, load_loader_queue_max, load_missed_decisions, load_watchdog_holds
+    load_inference_queue_max, load_loader_queue_max, load_missed_decisions, load_watchdog_holds,
+    load_late_chunks (a pipelined chunk computed after it was due: the arm waited)
+With --learner-beside a second process runs GRPO updates (tiny preset, adapters+head+norms,
+synthetic groups of 8 x 16 chunks) back to back for the whole run, on the same two cores.
 """
 import argparse
 import json
@@ -73,13 +79,39 @@ def plot(samples, path: Path, minutes: float) -> None:
     fig.savefig(path, dpi=110)
 
 
+def learner_child() -> None:
+    """GRPO updates back to back until killed: the learner's load beside the policy."""
+    from tinyvla_grpo_ros.core.adapters import AdaptedPolicy, AdapterConfig
+    from tinyvla_grpo_ros.core.config import GRPOConfig
+    from tinyvla_grpo_ros.core.learner import GRPOLearner
+    from tinyvla_grpo_ros.core.sampler import DiffusionSampler
+    from tinyvla_grpo_ros.core.synthetic import synthetic_groups
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = TinyVLAPolicy(ModelConfig.preset("tiny", state_dim=9, action_dim=4))
+    sampler = DiffusionSampler(model.config, SamplerConfig(executed_steps=4))
+    policy = AdaptedPolicy(model, AdapterConfig(preset="adapters+head+norms"), ["reach-v3"])
+    learner = GRPOLearner(policy, sampler, GRPOConfig(device="cpu", target_kl=0.0))
+    groups = [g for k in range(16) for g in synthetic_groups(policy, sampler, 1, 8, seed=k,
+                                                             task="reach-v3")]
+    while True:
+        learner.update(groups)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 minute instead of 10")
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--size", type=int, default=224, help="camera width = height (px)")
+    ap.add_argument("--pipeline-lead", type=float, default=0.05,
+                    help="policy_node's pipeline_lead_s (0 = decide when a chunk ends)")
+    ap.add_argument("--learner-beside", action="store_true",
+                    help="a GRPO learner trains in another process meanwhile")
+    ap.add_argument("--learner-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.learner_child:
+        return learner_child()
     minutes = 1.0 if args.quick else args.minutes
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", str(60 + os.getpid() % 40))
@@ -91,8 +123,10 @@ def main() -> None:
     proc = subprocess.Popen(node_command("policy_node", ROOT / "config" / "sim_loop.yaml", {
         "checkpoint": str(ckpt), "adapter_root": str(tmp / "adapters"),
         "trainable_preset": "adapters", "control_rate_hz": "40.0", "executed_steps": "4",
-        "decision_period_s": "-1.0", "stale_after_s": "0.5"}), stdout=log,
-        stderr=subprocess.STDOUT)
+        "decision_period_s": "-1.0", "stale_after_s": "0.5",
+        "pipeline_lead_s": str(args.pipeline_lead)}), stdout=log, stderr=subprocess.STDOUT)
+    learner = subprocess.Popen([sys.executable, __file__, "--learner-child"],
+                               stdout=subprocess.DEVNULL) if args.learner_beside else None
     rclpy.init()
     node = rclpy.create_node("load_harness")
     ex = SingleThreadedExecutor()
@@ -149,6 +183,8 @@ def main() -> None:
             ex.spin_once(timeout_sec=max(0.0, min(next_frame, next_sample) - time.monotonic()))
         elapsed = time.monotonic() - t0
     finally:
+        if learner is not None:
+            learner.kill()
         proc.send_signal(2)
         try:
             proc.wait(15)
@@ -165,7 +201,7 @@ def main() -> None:
                     if elapsed - k * (EPISODE_S + PAUSE_S) - PAUSE_S > 0)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    name = "load_quick" if args.quick else "load"
+    name = ("load_quick" if args.quick else "load") + ("_learner" if args.learner_beside else "")
     (out / f"{name}.json").write_text(json.dumps({
         "minutes": elapsed / 60, "camera_hz": CAMERA_HZ, "episodes": episode, "frames": sent,
         "chunks": len(chunks), "rss_growth_mb_per_min": slope,
@@ -188,6 +224,7 @@ def main() -> None:
     print(f"load_loader_queue_max={queue_max['loader_queue']}")
     print(f"load_missed_decisions={diag.get('missed', 'n/a')}")
     print(f"load_watchdog_holds={diag.get('watchdog_holds', 'n/a')}")
+    print(f"load_late_chunks={diag.get('late', 'n/a')}")
 
 
 if __name__ == "__main__":

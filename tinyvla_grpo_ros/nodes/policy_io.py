@@ -128,10 +128,13 @@ def hold_chunk(action_names: list[str]) -> ActionChunk:
                        executed_steps=0)
 
 
-def trajectory(action_names: list[str], actions: np.ndarray, control_dt: float
-               ) -> JointTrajectory:
-    """(T, Da) positions -> a JointTrajectory with one point every control_dt."""
+def trajectory(action_names: list[str], actions: np.ndarray, control_dt: float,
+               start=None) -> JointTrajectory:
+    """(T, Da) positions -> a JointTrajectory with one point every control_dt, starting at the
+    stamp `start` (builtin_interfaces/Time; None: when the controller receives it)."""
     traj = JointTrajectory(joint_names=action_names)
+    if start is not None:
+        traj.header.stamp = start
     for i, a in enumerate(actions):
         t = (i + 1) * control_dt
         traj.points.append(JointTrajectoryPoint(

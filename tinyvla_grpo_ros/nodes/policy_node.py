@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
@@ -28,6 +29,7 @@ from tinyvla_grpo_interfaces.msg import ActionChunk, AdapterUpdate, EpisodeState
 from tinyvla_grpo_interfaces.srv import SelectAdapter
 from trajectory_msgs.msg import JointTrajectory
 
+from ..core.chunk_schedule import ChunkSchedule
 from ..core.config import PolicyNodeConfig, resolve_device
 from ..core.inputs import Freshness
 from ..core.policy_runtime import PolicyRuntime
@@ -94,9 +96,9 @@ class PolicyNode(Node):
         self.create_service(SetBool, "enable", self.on_enable)
         self.period = self.n_exec * self.control_dt
         # at most one decision per period; 0: every fresh image (a sim's one per decision)
-        self.min_interval = self.period if cfg.decision_period_s < 0 else cfg.decision_period_s
-        self.last_decision_t = -1e9
-        self.create_timer(min(self.period, 0.02), self.decide)
+        self.schedule = ChunkSchedule(self.period if cfg.decision_period_s < 0 else
+                                      cfg.decision_period_s, cfg.pipeline_lead_s)
+        self.create_timer(min(self.period, 0.01 if cfg.pipeline_lead_s else 0.02), self.decide)
         self.create_timer(1.0, self.publish_diagnostics)
         self.create_timer(0.1, self.check_watchdog)
         self.publish_active()
@@ -120,6 +122,7 @@ class PolicyNode(Node):
         if msg.state == EpisodeState.RUNNING and msg.episode_id != getattr(self, "_ep", None):
             self._ep, self.chunk_index, self.last_command = msg.episode_id, 0, None
             self.watchdog.arm(time.monotonic())
+            self.schedule.reset()
         if was_running and msg.state != EpisodeState.RUNNING:
             self.watchdog.disarm()
             self.send_hold("episode ended")
@@ -149,19 +152,15 @@ class PolicyNode(Node):
             return
         stamp = {t: Time.from_msg(m.header.stamp).nanoseconds
                  for t, (m, _) in self.inputs.images.items()}
-        if not stamp or stamp == self.last_decision_stamp:
-            return                                           # no fresh image since last chunk
-        if time.monotonic() - self.last_decision_t < self.min_interval:
-            return                                           # the timer decides when it is due
+        if not stamp or stamp == self.last_decision_stamp or \
+                not self.schedule.due(time.monotonic()):
+            return        # no fresh image since the last chunk, or not due (the timer decides)
         if not self.busy.acquire(blocking=False):
             # missed: a fresh observation waits over a period for the model (counted once)
             if time.monotonic() - self.image_arrival > self.period and \
                     self.missed_for != stamp:
                 self.missed_for = stamp
                 self.stats["missed"] += 1
-            return
-        if stamp == self.last_decision_stamp:       # another thread took this one meanwhile
-            self.busy.release()
             return
         obs = self.inputs.for_decision(self.episode.task_id, self.get_clock().now(),
                                        time.monotonic())
@@ -170,11 +169,11 @@ class PolicyNode(Node):
             self.stats["stale"] += 1
             self.set_problem(obs)
             return
-        self.last_decision_stamp, self.last_decision_t = stamp, time.monotonic()
+        self.last_decision_stamp = stamp
         self.set_problem("")
-        self.worker.submit(self.infer, obs, self.episode)
+        self.worker.submit(self.infer, obs, self.episode, self.schedule.begin(time.monotonic()))
 
-    def infer(self, obs, episode: EpisodeState) -> None:
+    def infer(self, obs, episode: EpisodeState, due: float) -> None:   # due: see ChunkSchedule
         try:
             t0 = time.perf_counter()
             images, state, oldest, _ = obs
@@ -192,7 +191,9 @@ class PolicyNode(Node):
                 chunk, actions, self.runtime.sampler, adapter, version, episode,
                 self.chunk_index, obs, self.cameras, self.joint_names, self.action_names,
                 self.instructions.get(episode.task_id, episode.task_id))
-            msg.header.stamp = self.get_clock().now().to_msg()
+            now = time.monotonic()                 # stamp: when the chunk starts on the arm
+            msg.header.stamp = (self.get_clock().now() + Duration(nanoseconds=int(
+                1e9 * (self.schedule.finished(due, now) - now)))).to_msg()
             self.stats["last_decision_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
             if self.episode.state != EpisodeState.RUNNING or self.episode.episode_id != \
                     episode.episode_id or not self.enabled or self.estop:
@@ -200,7 +201,7 @@ class PolicyNode(Node):
             self.pub_chunk.publish(msg)
             if self.mode == "joint_trajectory":
                 self.pub_traj.publish(policy_io.trajectory(
-                    self.action_names, actions[: self.n_exec], self.control_dt))
+                    self.action_names, actions[: self.n_exec], self.control_dt, msg.header.stamp))
             self.last_command = self.last_sent = actions[self.n_exec - 1].copy()
             self.watchdog.feed(time.monotonic())
             self.stats["decisions"] += 1
@@ -223,6 +224,7 @@ class PolicyNode(Node):
             self.pub_traj.publish(policy_io.hold_trajectory(target, self.action_names,
                                                             self.control_dt))
         self.last_command = None
+        self.schedule.reset()
         self.stats["holds"] += 1
         self.get_logger().info(f"hold sent ({why})")
 
@@ -232,9 +234,8 @@ class PolicyNode(Node):
         age = self.watchdog.expired(time.monotonic())
         if age is not None:
             self.stats["watchdog_holds"] += 1
-            why = f"watchdog: no fresh chunk for {age:.2f} s"
-            if self.problem:
-                why += f" ({self.problem})"
+            why = f"watchdog: no fresh chunk for {age:.2f} s" + (
+                f" ({self.problem})" if self.problem else "")
             self.send_hold(why)
             self.set_problem(why)
 
@@ -275,7 +276,8 @@ class PolicyNode(Node):
         if waiting != self.waiting and waiting:
             self.get_logger().warning(f"waiting for {waiting}")
         self.waiting = waiting
-        values = self.stats | {"rejected": self.swaps.rejected,
+        values = self.stats | {"rejected": self.swaps.rejected, "late": self.schedule.late,
+                               "late_ms_max": round(self.schedule.late_s_max * 1e3, 1),
                                "inference_queue": self.worker._work_queue.qsize(),
                                "loader_queue": self.swaps.loader._work_queue.qsize(),
                                "adapter": adapter, "version": version}
@@ -290,9 +292,7 @@ class PolicyNode(Node):
 
 
 def main() -> None:
-    # One intra-op thread: on a small CPU, torch's thread pool fights the executor threads
-    # (measured on 2 cores: decision latency p95 91 ms with the default, 43 ms with 1).
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)    # one intra-op thread: torch's pool would fight the node's own
     rc.run(PolicyNode, events=True)    # inference, swaps: own threads; callbacks only convert
 
 
