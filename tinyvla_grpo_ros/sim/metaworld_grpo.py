@@ -237,7 +237,9 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, run: RunConfig | No
         log(f"[{task} s{seed} {preset}] v{version} cell states never/mixed/always solved: "
             f"{outcomes['last_classes']}")
     held_kept = held_after
-    if kept["version"] != version:
+    if kept["version"] == 0:
+        held_kept = held_before            # the SFT start, already evaluated on the same draws
+    elif kept["version"] != version:
         with torch.no_grad():
             params = dict(policy.model.named_parameters())
             for n, t in kept["params"].items():
