@@ -195,7 +195,7 @@ def test_micro_batching_gives_the_same_success_gradient():
 
 def test_policy_gradient_off_needs_a_success_weight():
     with pytest.raises(ValueError, match="sft_weight"):
-        GRPOConfig(policy_gradient=False, sft_weight=0.0)
+        GRPOConfig(policy_gradient=False, sft_weight=0.0, correction_weight=0.0)
 
 
 def test_a_restarted_learner_fills_its_window_from_the_newest_stored_successes(tmp_path):

@@ -200,6 +200,9 @@ class GRPOConfig:
                                 "GRPO term (0 = off)", lo=0.0, hi=1000.0)
     success_window: int = setting(4096, "successful chunks per task that loss draws from (the "
                                   "newest; bounds the learner's memory)", lo=1, hi=10_000_000)
+    correction_weight: float = setting(1.0, "weight of the denoising loss on the operator's "
+                                       "corrected chunks of the task (takeovers; 0 = off)",
+                                       lo=0.0, hi=1000.0)
     policy_gradient: bool = setting(True, "the clipped GRPO term; off (with sft_weight > 0) is "
                                     "filtered behaviour cloning: the denoising loss alone")
     warmup_steps: int = setting(10, "linear learning-rate warm-up over a task's first "
@@ -212,9 +215,10 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         check_ranges(self)
         resolve_device(self.device)
-        if not self.policy_gradient and self.sft_weight == 0:
+        if not self.policy_gradient and self.sft_weight == 0 and self.correction_weight == 0:
             raise ValueError("policy_gradient off leaves nothing to learn from unless "
-                             "sft_weight > 0 (filtered behaviour cloning)")
+                             "sft_weight > 0 (filtered behaviour cloning) or "
+                             "correction_weight > 0")
 
     def loss_cfg(self):
         from .grpo import GRPOLossConfig

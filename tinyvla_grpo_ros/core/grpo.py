@@ -3,7 +3,7 @@
 Notation: G rollouts of one group (same initial state), rewards r_i; N chunks in a batch,
 K' fine-tuned denoising steps; logp (N, K') per-step log-densities (sampler.py).
 
-    r_i = 1 for a success, 0 for a failure                      (outcome_reward)
+    r_i = 1 for a success, 0 for a failure or a corrected episode (outcome_reward)
     A_i = (r_i - mean(r)) / (std(r) + eps)                      (Shao et al. 2024, GRPO)
     rho_{n,k} = exp(logp_new - logp_old)
     L = - sum_{n,k} w_k * min(rho A_n, clip(rho, 1 - eps_low, 1 + eps_high) A_n) / Z
@@ -37,9 +37,11 @@ class GRPOLossConfig:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
 
 
-def outcome_reward(success: bool) -> float:
-    """An episode's reward: the outcome alone (the simulator's success, the operator's mark)."""
-    return 1.0 if success else 0.0
+def outcome_reward(success: bool, corrected_steps: int = 0) -> float:
+    """An episode's reward: the outcome alone (the simulator's success, the operator's mark).
+    An episode the operator had to correct is a failure of the policy, whatever its outcome:
+    the policy's chunks before the takeover led where a person had to step in."""
+    return 1.0 if success and not corrected_steps else 0.0
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor | None:

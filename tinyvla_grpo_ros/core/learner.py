@@ -18,7 +18,10 @@
    (core/success_window.py; the successes of every update enter it), on the same trainable set.
    When there is no GRPO term (`policy_gradient` off: filtered behaviour cloning) or no group
    with signal, that loss is all there is: the update takes as many steps as the GRPO term would
-   over all of its groups' chunks, so groups that all succeeded still teach.
+   over all of its groups' chunks, so groups that all succeeded still teach;
+7. with `correction_weight` > 0, the operator's corrected chunks (takeovers: actions that are not
+   samples of the policy and never enter a ratio) join the same steps with that weight, from
+   their own window (`CorrectionWindow`), whatever the episode's outcome.
 The ratio compares the per-step Gaussian log-densities of the stored K' denoising steps
 (DDPO/DPPO); the learner never mixes adapter versions in one update, so the ratio is exactly 1
 before the first step. The settings are `GRPOConfig` (core/config.py). Runs on CUDA when
@@ -38,7 +41,7 @@ from .model import Observation
 from .rollout_store import EpisodeRecord
 from .sampler import DiffusionSampler, build_scheduler
 from .sft import denoising_loss, noise_draws
-from .success_window import SuccessBatch, SuccessWindow
+from .success_window import CorrectionWindow, SuccessBatch, SuccessWindow
 
 __all__ = ["Batch", "GRPOConfig", "GRPOLearner", "UpdateCancelled", "UpdateStats",
            "build_batch"]
@@ -68,6 +71,8 @@ class UpdateStats:
     mean_reward: float = 0.0
     sft_loss: float = 0.0               # mean weighted denoising loss per step (sft_weight > 0)
     success_chunks: int = 0             # chunks in the task's success window
+    correction_loss: float = 0.0        # mean weighted denoising loss on corrections per step
+    correction_chunks: int = 0          # chunks in the task's correction window
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
@@ -134,6 +139,7 @@ class GRPOLearner:
             policy.reference()                       # raises early for presets without one
         self.optimizers: dict[str, tuple[list[int], torch.optim.Adam]] = {}
         self.windows: dict[str, SuccessWindow] = {}  # per adapter (task)
+        self.correction_windows: dict[str, CorrectionWindow] = {}
         self.train_sched = build_scheduler(policy.model.config, "ddpm")
         self.steps_taken: dict[str, int] = {}        # per optimizer, for the warm-up
         self.use_optimizer("default")
@@ -204,25 +210,33 @@ class GRPOLearner:
             self.windows[adapter] = SuccessWindow(self.cfg.success_window)
         return self.windows[adapter]
 
+    def corrections(self, adapter: str) -> CorrectionWindow:
+        """The task's window of recent operator-corrected chunks."""
+        if adapter not in self.correction_windows:
+            self.correction_windows[adapter] = CorrectionWindow(self.cfg.success_window)
+        return self.correction_windows[adapter]
+
     def remember(self, episodes: list[EpisodeRecord]) -> int:
         """Adds stored successful episodes (e.g. of earlier versions) to their tasks' windows."""
         return sum(self.window(e.adapter_name).add([e]) for e in episodes)
 
     def success_gradient(self, s: SuccessBatch, acc: dict[str, float],
-                         generator: torch.Generator | None = None) -> None:
-        """Adds sft_weight x the denoising loss of the success chunks `s` to .grad, micro-batched
-        (the sum over micro-batches is the loss of the whole of `s`)."""
+                         generator: torch.Generator | None = None, weight: float | None = None,
+                         key: str = "sft_loss") -> None:
+        """Adds weight (default sft_weight) x the denoising loss of the chunks `s` to .grad,
+        micro-batched (the sum over micro-batches is the loss of the whole of `s`)."""
+        weight = self.cfg.sft_weight if weight is None else weight
         normalizer = float(s.executed.clamp(max=s.a0.shape[1]).sum() * s.a0.shape[2])
         noise, t = noise_draws(self.policy.model, s.a0.shape, generator)
         for start in range(0, len(s), self.cfg.micro_batch_size):
             rows = torch.arange(start, min(start + self.cfg.micro_batch_size, len(s)))
             m = s.select(rows).to(self.device)
-            loss = self.cfg.sft_weight * denoising_loss(
+            loss = weight * denoising_loss(
                 self.policy.model, self.train_sched, m.obs, m.a0, None, m.executed,
                 normalizer=normalizer, draws=(noise[rows].to(self.device),
                                               t[rows].to(self.device)))
             loss.backward()
-            acc["sft_loss"] = acc.get("sft_loss", 0.0) + loss.item()
+            acc[key] = acc.get(key, 0.0) + loss.item()
 
     def minibatch_gradient(self, b: Batch, acc: dict[str, float]) -> None:
         """Zero grads, then accumulate the whole minibatch in micro-batches."""
@@ -248,6 +262,10 @@ class GRPOLearner:
         if window is not None:
             window.add([e for g in groups for e in g])
             stats.success_chunks = len(window)
+        corr = self.corrections(adapter) if self.cfg.correction_weight > 0 else None
+        if corr is not None:
+            corr.add([e for g in groups for e in g])
+            stats.correction_chunks = len(corr)
         batch = build_batch(groups, self.cfg, stats) if self.cfg.policy_gradient else None
         if batch is not None:
             n_chunks = stats.chunks = len(batch)
@@ -257,7 +275,7 @@ class GRPOLearner:
                 stats.groups = len(groups)
                 stats.groups_skipped = sum(len({e.reward for e in g}) < 2 for g in groups)
                 stats.skipped_fraction = stats.groups_skipped / max(1, stats.groups)
-            if not window:
+            if not window and not corr:
                 return stats                           # nothing to learn from
         model = self.policy.model
         model.train()
@@ -280,6 +298,9 @@ class GRPOLearner:
                     self.optimizer.zero_grad(set_to_none=True)
                 if window:
                     self.success_gradient(window.sample(n, generator), acc, generator)
+                if corr:
+                    self.success_gradient(corr.sample(n, generator), acc, generator,
+                                          self.cfg.correction_weight, "correction_loss")
                 if first and batch is not None:
                     stats.first_ratio_max_dev = max(abs(acc["ratio_max"] - 1),
                                                     abs(acc["ratio_min"] - 1))
@@ -292,7 +313,8 @@ class GRPOLearner:
                     self.optimizer.zero_grad(set_to_none=True)
                     break
                 gn = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
-                step_loss = acc.get("loss", 0.0) + acc.get("sft_loss", 0.0)
+                step_loss = acc.get("loss", 0.0) + acc.get("sft_loss", 0.0) + \
+                    acc.get("correction_loss", 0.0)
                 if not (math.isfinite(step_loss) and torch.isfinite(gn)):
                     stats.nonfinite_steps_skipped += 1
                     self.optimizer.zero_grad(set_to_none=True)
@@ -320,6 +342,7 @@ class GRPOLearner:
             stats.loss = sum(losses) / len(losses)
             stats.grad_norm = sum(grad_norms) / len(grad_norms)
             stats.sft_loss = totals.get("sft_loss", 0.0) / len(losses)
+            stats.correction_loss = totals.get("correction_loss", 0.0) / len(losses)
             if batch is not None:
                 stats.clip_fraction = totals["clip_count"] / terms
                 stats.approx_kl = totals["kl_sum"] / max(1.0, totals["kl_terms"])

@@ -29,6 +29,7 @@ from . import atomic_io
 from .checkpoint import read_safetensors
 
 TENSOR_KEYS = ("images", "states", "chains", "log_probs", "executed")
+OPERATOR_KEYS = ("op_images", "op_states", "op_actions", "op_executed")   # corrected chunks
 
 
 class StoreError(RuntimeError):
@@ -47,13 +48,14 @@ class EpisodeRecord:
     reward: float
     success: bool
     decided_by: str = "simulator"             # operator / simulator / timeout
+    corrected_steps: int = 0                  # control steps the operator drove (takeover)
     duration_s: float = 0.0
     tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     path: Path | None = None
 
     @property
     def num_chunks(self) -> int:
-        return int(self.tensors["chains"].shape[0]) if self.tensors else 0
+        return int(self.tensors["chains"].shape[0]) if "chains" in self.tensors else 0
 
     def meta(self) -> dict:
         d = asdict(self)
@@ -62,14 +64,17 @@ class EpisodeRecord:
         return d
 
 
-def episode_record(frames: list[dict], *, success: bool, **meta) -> EpisodeRecord:
+def episode_record(frames: list[dict], *, success: bool, corrections: dict | None = None,
+                   corrected_steps: int = 0, **meta) -> EpisodeRecord:
     """The one builder of rollout records: per-chunk frames -> an EpisodeRecord.
 
     frames: one dict per chunk the episode executed, {images (Nc, H, W, 3) uint8, states (Ds,),
     chains (K'+1, Ta, Da), log_probs (K',), executed: int}; meta: the EpisodeRecord's other
     fields (episode_id, group_id, task, ...). The reward is `grpo.outcome_reward(success)`. An
     episode with no frames (it ended before any recorded chunk) keeps no tensors: it counts in
-    its group's baseline and has nothing to score."""
+    its group's baseline and has nothing to score. corrections: the operator's corrected chunks
+    (`core.corrections.correction_chunks`, OPERATOR_KEYS), stored beside the policy's;
+    corrected_steps: how many control steps the operator drove."""
     from .grpo import outcome_reward
     tensors = {}
     if frames:
@@ -77,8 +82,9 @@ def episode_record(frames: list[dict], *, success: bool, **meta) -> EpisodeRecor
         tensors = {"images": stack("images"), "states": stack("states").float(),
                    "chains": stack("chains").float(), "log_probs": stack("log_probs").float(),
                    "executed": torch.tensor([int(f["executed"]) for f in frames])}
-    return EpisodeRecord(reward=outcome_reward(success), success=success, tensors=tensors,
-                         **meta)
+    tensors.update(corrections or {})
+    return EpisodeRecord(reward=outcome_reward(success, corrected_steps), success=success,
+                         tensors=tensors, corrected_steps=corrected_steps, **meta)
 
 
 def _check_name(kind: str, name: str) -> str:
@@ -245,10 +251,15 @@ class RolloutStore:
             except ValueError as e:
                 raise StoreError(str(e)) from e
             missing = [k for k in TENSOR_KEYS if k not in rec.tensors]
-            lengths = {k: int(v.shape[0]) for k, v in rec.tensors.items() if v.dim()}
-            if missing or len(set(lengths.values())) > 1:
-                raise StoreError(f"{t_path}: tensors {sorted(rec.tensors)} with chunk counts "
-                                 f"{lengths}; need {list(TENSOR_KEYS)} of one length")
+            unknown = sorted(set(rec.tensors) - set(TENSOR_KEYS) - set(OPERATOR_KEYS))
+            for keys in (TENSOR_KEYS, OPERATOR_KEYS):
+                lengths = {k: int(v.shape[0]) for k, v in rec.tensors.items() if k in keys}
+                ragged = len(set(lengths.values())) > 1 or (keys is OPERATOR_KEYS and lengths
+                                                            and len(lengths) != len(keys))
+                if missing or unknown or ragged:
+                    raise StoreError(f"{t_path}: tensors {sorted(rec.tensors)} with chunk counts "
+                                     f"{lengths}; need {list(TENSOR_KEYS)} of one length (and "
+                                     f"all or none of {list(OPERATOR_KEYS)}, of one length)")
         return rec
 
     def read_group(self, task: str, group_id: str, with_tensors: bool = True

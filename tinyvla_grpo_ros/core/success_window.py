@@ -49,11 +49,13 @@ class SuccessWindow:
         return len(self.chunks)
 
     def add(self, episodes: Iterable[EpisodeRecord]) -> int:
-        """Adds the chunks of the successful episodes (each episode once); returns how many."""
+        """Adds the policy's chunks of the successful episodes no operator corrected (each
+        episode once); returns how many."""
         added = 0
         seen = set(self.episode_ids)
         for ep in episodes:
-            if not ep.success or ep.num_chunks == 0 or ep.episode_id in seen:
+            if not ep.success or ep.corrected_steps or ep.num_chunks == 0 or \
+                    ep.episode_id in seen:
                 continue
             t = ep.tensors
             a0 = t["chains"][:, -1].float().clamp(-1.0, 1.0)     # the head's target range
@@ -76,3 +78,24 @@ class SuccessWindow:
                                         [p[2] for p in picked]),
                             torch.stack([p[3] for p in picked]),
                             torch.tensor([p[4] for p in picked]))
+
+
+class CorrectionWindow(SuccessWindow):
+    """The most recent operator-corrected chunks of one task (any outcome): the actions the
+    operator executed, cut into the policy's chunks (core/corrections.py)."""
+
+    def add(self, episodes: Iterable[EpisodeRecord]) -> int:
+        added = 0
+        seen = set(self.episode_ids)
+        for ep in episodes:
+            t = ep.tensors
+            if "op_actions" not in t or ep.episode_id in seen:
+                continue
+            for c in range(int(t["op_actions"].shape[0])):
+                self.chunks.append((t["op_images"][c], t["op_states"][c].float(),
+                                    ep.instruction, t["op_actions"][c].float(),
+                                    int(t["op_executed"][c])))
+                added += 1
+            self.episode_ids.append(ep.episode_id)
+            seen.add(ep.episode_id)
+        return added

@@ -38,6 +38,7 @@ import torch
 from ..core.adapters import PRESETS, AdaptedPolicy, AdapterConfig
 from ..core.checkpoint import load_checkpoint
 from ..core.config import GRPOConfig
+from ..core.corrections import OperatorConfig, correction_chunks
 from ..core.init_states import SAMPLING_MODES, latest_groups, outcome_classes, pick_init_states
 from ..core.learner import GRPOLearner
 from ..core.model import Observation
@@ -96,10 +97,17 @@ def credit_at_random(eps: list[LockstepEpisode], G: int, rng: np.random.Generato
 
 
 def to_records(eps: list[LockstepEpisode], group_id: str, task: str, version: int,
-               instruction: str) -> list[EpisodeRecord]:
+               instruction: str, model=None) -> list[EpisodeRecord]:
+    """Records of a group; with the model, its episodes' corrections cut into its chunks."""
+    def corrections(e: LockstepEpisode) -> dict | None:
+        if model is None or not e.operator_steps:
+            return None
+        return correction_chunks(e.operator_steps, model.config.horizon,
+                                 model.normalizer.normalize_action)
     return [episode_record(e.frames, success=e.success, episode_id=f"{group_id}-e{j}",
                            group_id=group_id, task=task, init_state_id=e.init_state_id,
-                           adapter_name=task, adapter_version=version, instruction=instruction)
+                           adapter_name=task, adapter_version=version, instruction=instruction,
+                           corrections=corrections(e), corrected_steps=e.corrected_steps)
             for j, e in enumerate(eps)]
 
 
@@ -122,6 +130,13 @@ def prefix_shift(before: torch.Tensor, after: torch.Tensor, std_floor: float) ->
     return float(((after - before) ** 2).mean().sqrt()) / max(std_floor, 1e-12)
 
 
+def quarters(xs: list[float]) -> list[float]:
+    """Means of the four quarters of a run's per-update values."""
+    n = len(xs)
+    return [float(np.mean(xs[q * n // 4:max(q * n // 4 + 1, (q + 1) * n // 4)])) if n else 0.0
+            for q in range(4)]
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
@@ -129,8 +144,9 @@ def rss_mb() -> float:
 
 def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, run: RunConfig | None = None,
                        grpo: GRPOConfig | None = None, sampler_overrides: dict | None = None,
-                       log=print) -> dict:
-    """One learning run: SFT start -> `run.episodes` GRPO episodes, evaluated on the way."""
+                       log=print, operator: OperatorConfig | None = None) -> dict:
+    """One learning run: SFT start -> `run.episodes` GRPO episodes, evaluated on the way.
+    operator: a simulated operator corrects the exploring rollouts (never the evaluations)."""
     t_start = time.time()
     run = run or RunConfig()
     torch.manual_seed(seed)
@@ -201,13 +217,17 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, run: RunConfig | No
     for u in range(updates):
         picks = pick_init_states(cell, latest, run.init_sampling, rng, run.groups_per_update)
         ids = [i for i in picks for _ in range(G)]
-        eps = run_lockstep(scenes, policy.model, sampler, ids, False, gen, record=True)
+        eps = run_lockstep(scenes, policy.model, sampler, ids, False, gen, record=True,
+                           operator=operator)
         latest.update(latest_groups((i, [e.success for e in eps[g * G:(g + 1) * G]])
                                     for g, i in enumerate(picks)))
         if run.shuffle_credit:
             credit_at_random(eps, G, rng)
         groups = [to_records(eps[g * G:(g + 1) * G], f"u{u:03d}-g{g}", task, version,
-                             instruction) for g in range(run.groups_per_update)]
+                             instruction, policy.model if operator else None)
+                  for g in range(run.groups_per_update)]
+        corrected = sum(e.corrected_steps for e in eps) / max(1, sum(
+            e.steps or run.max_steps for e in eps))
         done += len(ids)
         explore.append((done, float(np.mean([e.success for e in eps]))))
         probe = probe_observations(eps, instruction)
@@ -221,6 +241,7 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, run: RunConfig | No
         if st.optimizer_steps:
             version += 1
         stats_log.append({"update": u, "episodes": done, "prefix_shift": shift,
+                          "corrected_step_share": corrected,
                           "explore_success": explore[-1][1], **st.as_dict()})
         if (u + 1) % run.eval_every == 0 or u == updates - 1:
             curve.append((done, success("cell")))
@@ -268,4 +289,7 @@ def run_metaworld_grpo(checkpoint, task: str, seed: int = 0, run: RunConfig | No
         "update_rss_growth_mb": round(peak_update_mb, 1),
         "wall_seconds": round(time.time() - t_start, 1), "updates": stats_log,
         "grpo": dataclasses.asdict(grpo), "run": dataclasses.asdict(run),
+        "operator": dataclasses.asdict(operator) if operator else None,
+        "corrected_step_share_by_quarter": quarters([u["corrected_step_share"]
+                                                     for u in stats_log]),
         "state_outcomes": outcomes, "sampler": scfg.to_dict()}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.corrections import OperatorConfig, SimulatedOperator
 from ..core.demos import Demonstration, save_demo
 from ..core.model import Observation, TinyVLAPolicy
 from ..core.sampler import DiffusionSampler, paired_init_noise
@@ -60,12 +61,15 @@ class LockstepEpisode:
     success: bool = False
     steps: int = 0
     frames: list[dict[str, torch.Tensor]] = field(default_factory=list)   # recorded chunks
+    operator_steps: list[dict] = field(default_factory=list)   # corrections (operator on)
+    corrected_steps: int = 0
 
 
 @torch.no_grad()
 def run_lockstep(scenes: list[MetaWorldScene], model: TinyVLAPolicy, sampler: DiffusionSampler,
                  init_ids: list[int], deterministic: bool, generator: torch.Generator,
-                 record: bool = False, noise_key: int | None = None) -> list[LockstepEpisode]:
+                 record: bool = False, noise_key: int | None = None,
+                 operator: OperatorConfig | None = None) -> list[LockstepEpisode]:
     """One episode per init id, scene i running init_ids[i], with one batched sampler call per
     decision point for all episodes still running (the model runs once, not len(init_ids) times).
 
@@ -76,44 +80,99 @@ def run_lockstep(scenes: list[MetaWorldScene], model: TinyVLAPolicy, sampler: Di
     generator, seeded by (k, i, d) (`core.sampler.paired_init_noise`). The draw then belongs to
     the state and the decision, not to the batch: two evaluations with the same key meet the same
     x_K in every state at every decision, whichever other episodes ran beside them or ended
-    earlier. Without it, x_K comes from `generator` for the episodes still running."""
+    earlier. Without it, x_K comes from `generator` for the episodes still running.
+
+    operator: a simulated operator (core/corrections.py) per episode, watching every control
+    step against the task's scripted expert. While it is in control the episode takes no
+    decision and runs the expert's actions (`operator_steps`, with the observation at the
+    takeover and at every decision boundary after it); a policy chunk it interrupts is not
+    recorded (its executed prefix is not what was scored)."""
     if len(init_ids) > len(scenes):
         raise ValueError(f"{len(init_ids)} episodes need as many scenes, have {len(scenes)}")
     eps = [LockstepEpisode(i) for i in init_ids]
     for scene, i in zip(scenes, init_ids):
         scene.reset(i)
+    ops = [SimulatedOperator(operator) for _ in init_ids] if operator is not None else None
+    expert = expert_policy(scenes[0].task) if operator is not None else None
     active = list(range(len(init_ids)))
     n_exec = sampler.executed_steps()
     decision = 0
     while active:
-        parts = [scene_observation(scenes[k]) for k in active]
-        obs = Observation(torch.cat([p.images for p in parts]),
-                          torch.cat([p.state for p in parts]),
-                          [s for p in parts for s in p.instruction])
-        init_noise = None
-        if noise_key is not None:
-            init_noise = paired_init_noise(noise_key, [init_ids[k] for k in active], decision,
-                                           (model.config.horizon, model.config.action_dim))
+        deciding = [k for k in active if ops is None or not ops[k].in_control]
+        chunk, obs = None, None
+        if deciding:
+            parts = [scene_observation(scenes[k]) for k in deciding]
+            obs = Observation(torch.cat([p.images for p in parts]),
+                              torch.cat([p.state for p in parts]),
+                              [s for p in parts for s in p.instruction])
+            init_noise = None
+            if noise_key is not None:
+                init_noise = paired_init_noise(noise_key, [init_ids[k] for k in deciding],
+                                               decision, (model.config.horizon,
+                                                          model.config.action_dim))
+            chunk = sampler.sample(model, obs, generator, deterministic=deterministic,
+                                   init_noise=init_noise)
         decision += 1
-        chunk = sampler.sample(model, obs, generator, deterministic=deterministic,
-                               init_noise=init_noise)
-        if record:
-            for row, k in enumerate(active):
+        rows = {k: row for row, k in enumerate(deciding)}
+        still = []
+        for k in active:
+            if ops is None:
+                done = _policy_steps(scenes[k], chunk.actions[rows[k], :n_exec].numpy(), eps[k])
+                interrupted = False
+            else:
+                plan = chunk.actions[rows[k], :n_exec].numpy() if k in rows else None
+                done, interrupted = _steps_with_operator(scenes[k], plan, n_exec, eps[k],
+                                                         ops[k], expert, decision)
+            if record and k in rows and not interrupted:
+                row = rows[k]
                 eps[k].frames.append({
                     "images": obs.images[row], "states": obs.state[row],
                     "chains": chunk.chain[row], "log_probs": chunk.log_probs[row],
                     "executed": n_exec})
-        still = []
-        for row, k in enumerate(active):
-            for a in chunk.actions[row, :n_exec].numpy():
-                r = scenes[k].step(a)
-                if r.done:
-                    eps[k].success, eps[k].steps = r.success, r.steps
-                    break
-            else:
+            if not done:
                 still.append(k)
         active = still
     return eps
+
+
+def _policy_steps(scene: MetaWorldScene, actions: np.ndarray, ep: LockstepEpisode) -> bool:
+    """Run a chunk's executed actions; whether the episode ended."""
+    for a in actions:
+        r = scene.step(a)
+        if r.done:
+            ep.success, ep.steps = r.success, r.steps
+            return True
+    return False
+
+
+def _steps_with_operator(scene: MetaWorldScene, plan: np.ndarray | None, n_exec: int,
+                         ep: LockstepEpisode, op: SimulatedOperator, expert, decision: int
+                         ) -> tuple[bool, bool]:
+    """One decision period under the simulated operator's eye: the policy's plan (None while
+    the operator drives) step by step until the operator takes over, the operator's actions
+    until it hands back. Returns (episode ended, the policy's chunk was interrupted)."""
+    interrupted = False
+    for j in range(n_exec):
+        expert_a = scene.expert_action(expert)
+        was_in_control = op.in_control
+        policy_a = plan[j] if plan is not None and not interrupted else None
+        if op.step(policy_a, expert_a):
+            boundary = j == 0 or not was_in_control
+            interrupted = interrupted or plan is not None
+            o = scene_observation(scene) if boundary else None
+            ep.operator_steps.append({"segment": op.segments, "action": expert_a,
+                                      "obs": (o.images[0], o.state[0]) if o else None})
+            ep.corrected_steps += 1
+            a = expert_a
+        elif was_in_control:
+            return False, interrupted            # handed back: the policy decides next
+        else:
+            a = plan[j]
+        r = scene.step(a)
+        if r.done:
+            ep.success, ep.steps = r.success, r.steps
+            return True, interrupted
+    return False, interrupted
 
 
 def success_rate(task: str, model: TinyVLAPolicy, sampler: DiffusionSampler,

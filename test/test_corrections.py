@@ -1,0 +1,114 @@
+"""Operator corrections: the simulated operator's rule, corrected chunks, how they are stored,
+counted and learned from."""
+import numpy as np
+import pytest
+import torch
+from helpers import random_obs, tiny_model
+
+from tinyvla_grpo_ros.core.adapters import AdaptedPolicy, AdapterConfig
+from tinyvla_grpo_ros.core.config import GRPOConfig, SamplerConfig
+from tinyvla_grpo_ros.core.corrections import OperatorConfig, SimulatedOperator, correction_chunks
+from tinyvla_grpo_ros.core.learner import GRPOLearner, UpdateStats, build_batch
+from tinyvla_grpo_ros.core.rollout_store import RolloutStore, StoreError, episode_record
+from tinyvla_grpo_ros.core.sampler import DiffusionSampler
+from tinyvla_grpo_ros.core.synthetic import synthetic_groups
+
+RIGHT, LEFT = np.array([1.0, 0, 0, 0]), np.array([-1.0, 0, 0, 0])
+
+
+def test_the_operator_takes_over_after_n_disagreeing_steps_and_hands_back_after_m():
+    op = SimulatedOperator(OperatorConfig(disagree_steps=3, takeover_steps=4, budget_steps=100))
+    assert [op.step(LEFT, RIGHT) for _ in range(3)] == [False, False, True]
+    assert [op.step(None, RIGHT) for _ in range(4)] == [True, True, True, False]
+    assert not op.in_control and op.used == 4 and op.segments == 1
+    assert not op.step(RIGHT, RIGHT)                       # agreeing: the policy keeps driving
+
+
+def test_agreement_resets_the_count_and_the_budget_caps_a_takeover():
+    op = SimulatedOperator(OperatorConfig(disagree_steps=2, takeover_steps=50, budget_steps=3))
+    assert [op.step(a, RIGHT) for a in (LEFT, RIGHT, LEFT)] == [False, False, False]
+    assert op.step(LEFT, RIGHT)
+    assert [op.step(None, RIGHT) for _ in range(3)] == [True, True, False]   # 3 steps in all
+    assert [op.step(LEFT, RIGHT) for _ in range(5)] == [False] * 5           # budget spent
+    still = SimulatedOperator(OperatorConfig(disagree_steps=1, min_motion=0.5))
+    assert not still.step(LEFT, RIGHT * 0.1)             # the expert barely moves: no judgement
+
+
+def test_corrected_segments_become_masked_chunks_of_the_policy_horizon():
+    img, state = np.zeros((1, 4, 4, 3), np.uint8), np.zeros(3, np.float32)
+    steps = [{"segment": 1, "action": np.full(2, float(i)), "obs": (img, state) if i in (0, 2)
+              else None} for i in range(3)] + \
+            [{"segment": 2, "action": np.full(2, 9.0), "obs": (img, state)}]
+    ch = correction_chunks(steps, horizon=4, normalize=lambda a: a / 10)
+    assert ch["op_actions"].shape == (3, 4, 2)
+    assert ch["op_executed"].tolist() == [3, 1, 1]        # cut at each segment's end
+    assert ch["op_actions"][0, :3, 0].tolist() == pytest.approx([0.0, 0.1, 0.2])
+    assert ch["op_actions"][2, 0, 0].item() == pytest.approx(0.9)  # never the other segment's
+    assert correction_chunks([], 4, lambda a: a) == {}
+
+
+def corrected_episode(policy, sampler, eid="c0", success=True):
+    g = synthetic_groups(policy, sampler, 1, 2, task="pick")[0][0]
+    cfg = policy.model.config
+    obs = random_obs(cfg, B=2, seed=5)
+    corr = {"op_images": obs.images, "op_states": obs.state,
+            "op_actions": torch.full((2, cfg.horizon, cfg.action_dim), 0.3),
+            "op_executed": torch.tensor([cfg.horizon, 1])}
+    frames = [{k: g.tensors[k][0] for k in ("images", "states", "chains", "log_probs")} |
+              {"executed": int(g.tensors["executed"][0])}]
+    return episode_record(frames, success=success, corrections=corr, corrected_steps=5,
+                          episode_id=eid, group_id="g0", task="pick", init_state_id=0,
+                          adapter_name="pick", adapter_version=0, instruction="pick")
+
+
+def setup(**grpo):
+    model = tiny_model()
+    sampler = DiffusionSampler(model.config, SamplerConfig(stochastic_steps=2))
+    policy = AdaptedPolicy(model, AdapterConfig(preset="adapters", rank=2), ["pick"])
+    cfg = dict(group_size=2, lr=1e-2, epochs=1, minibatch_size=8, micro_batch_size=8,
+               target_kl=0.0, warmup_steps=0, device="cpu") | grpo
+    return policy, sampler, GRPOLearner(policy, sampler, GRPOConfig(**cfg))
+
+
+def test_a_corrected_episode_is_a_failure_of_the_policy_and_is_stored_with_its_corrections(
+        tmp_path):
+    policy, sampler, _ = setup()
+    ep = corrected_episode(policy, sampler)
+    assert ep.success and ep.reward == 0.0 and ep.corrected_steps == 5
+    store = RolloutStore(tmp_path / "r")
+    store.write_episode(ep)
+    back = store.read_group("pick", "g0")[0]
+    assert back.corrected_steps == 5 and torch.equal(back.tensors["op_actions"],
+                                                     ep.tensors["op_actions"])
+    bad = dict(back.tensors)
+    bad.pop("op_states")                       # all or none of the operator's tensors
+    from tinyvla_grpo_ros.core.atomic_io import write_safetensors
+    write_safetensors(back.path / "chunks.safetensors", bad)
+    with pytest.raises(StoreError, match="op_"):
+        store.read_episode(back.path)
+
+
+def test_operator_chunks_never_enter_the_ratio_but_train_with_their_weight():
+    policy, sampler, learner = setup(correction_weight=1.0)
+    ep = corrected_episode(policy, sampler)
+    other = synthetic_groups(policy, sampler, 1, 2, seed=3, task="pick")[0][1]   # a success
+    stats = UpdateStats()
+    batch = build_batch([[ep, other]], learner.cfg, stats)
+    assert len(batch) == ep.num_chunks + other.num_chunks          # the policy's chunks only
+    before = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    st = learner.update([[ep, other]], generator=torch.Generator().manual_seed(0))
+    assert st.correction_chunks == 2 and st.correction_loss > 0 and st.optimizer_steps == 1
+    assert any(not torch.equal(before[k], v) for k, v in policy.model.state_dict().items())
+
+
+def test_correction_weight_zero_leaves_the_update_as_it_was():
+    out = []
+    for w in (0.0, None):
+        policy, sampler, learner = setup(correction_weight=w if w is not None else 0.0)
+        plain = synthetic_groups(policy, sampler, 1, 2, task="pick")
+        if w is None:      # the same groups, one episode with corrections added: ignored at 0
+            plain[0][0].tensors.update({k: v for k, v in corrected_episode(
+                policy, sampler).tensors.items() if k.startswith("op_")})
+        learner.update(plain, generator=torch.Generator().manual_seed(0))
+        out.append({k: v.clone() for k, v in policy.model.state_dict().items()})
+    assert all(torch.equal(out[0][k], out[1][k]) for k in out[0])
