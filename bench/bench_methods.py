@@ -71,12 +71,17 @@ def method_spec(base: dict, overrides: dict) -> dict:
 def same_recipe(stored: dict, spec: dict) -> bool:
     """A stored run is reused only when it ran this recipe. How often the cell is evaluated
     does not count: evaluations draw from their own generators, so the training, the SFT and
-    the final figures are the same whatever the cadence (only the curve has fewer points)."""
+    the final figures are the same whatever the cadence (only the curve has fewer points). A
+    setting the stored run does not list did not exist when it ran; the run is taken as made
+    without it (each such setting leaves the old behaviour at the value these methods give
+    it: no operator, so no corrections to weigh)."""
     cadence = ("eval_every",)
-    run = {k: v for k, v in stored.get("run", {}).items() if k not in cadence}
-    return (stored.get("grpo") == spec["grpo"] and
-            run == {k: v for k, v in spec["run"].items() if k not in cadence} and
-            all(stored.get("sampler", {}).get(k) == v for k, v in spec["sampler"].items()))
+
+    def same(part: str) -> bool:
+        have = stored.get(part) or {}
+        return all(have[k] == v for k, v in spec[part].items()
+                   if k in have and k not in cadence)
+    return same("grpo") and same("run") and same("sampler")
 
 
 def summarize(rs: list[dict]) -> dict:
@@ -188,8 +193,9 @@ def main() -> None:
             for m in args.methods:
                 out = run_dir / f"{t}-s{s}-{bl.slug(m)}.json"
                 if out.is_file() and not same_recipe(json.loads(out.read_text()), specs[m]):
-                    print(f"{out.name}: stored with another recipe; running again")
-                    out.unlink()
+                    print(f"{out.name}: stored with another recipe; kept as .stale.json, "
+                          "running again")
+                    out.replace(out.with_suffix(".stale.json"))
                 jobs.append({"task": t, "seed": s, "spec": specs[m], "ckpt": ckpts[t],
                              "out": str(out), "method": m})
     with ThreadPoolExecutor(args.jobs) as pool:

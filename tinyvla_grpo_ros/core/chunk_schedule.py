@@ -19,10 +19,11 @@ class ChunkSchedule:
     def __init__(self, period_s: float, lead_s: float = 0.0) -> None:
         if period_s < 0:
             raise ValueError(f"the decision period must be >= 0, got {period_s}")
-        if not 0 <= lead_s <= max(period_s, 0.0) or (period_s == 0 and lead_s > 0):
+        if period_s > 0 and not 0 <= lead_s <= period_s:
             raise ValueError(f"the pipeline lead must lie in [0, period = {period_s}] s, got "
                              f"{lead_s}")
-        self.period, self.lead = period_s, lead_s
+        # period 0 (a decision on every fresh image, a simulator's pace): nothing to pipeline
+        self.period, self.lead = period_s, lead_s if period_s > 0 else 0.0
         self.next_start: float | None = None      # when the next chunk is due on the arm
         self.late = 0                              # chunks that started after they were due
         self.late_s_max = 0.0
