@@ -59,10 +59,13 @@ def child(args) -> None:
     torch.set_num_threads(1)
     from tinyvla_grpo_ros.sim.metaworld_grpo import run_metaworld_grpo
     spec = json.loads(args.child_spec)
+    from tinyvla_grpo_ros.core.corrections import OperatorConfig
+    operator = OperatorConfig(**spec["operator"]) if spec.get("operator") else None
     res = run_metaworld_grpo(args.child_ckpt, args.child_task, args.child_seed,
                              RunConfig(**spec["run"]), GRPOConfig(**spec["grpo"]),
                              sampler_overrides=spec["sampler"],
-                             log=lambda s: print(s, file=sys.stderr, flush=True))
+                             log=lambda s: print(s, file=sys.stderr, flush=True),
+                             operator=operator)
     out = Path(args.child_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))

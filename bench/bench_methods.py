@@ -11,6 +11,9 @@ Methods (each sets its distinguishing fields explicitly, whatever the recipe's d
     filtered_bc     that denoising loss alone, no GRPO term (filtered behaviour cloning)
     null            GRPO with each group's outcomes shuffled among its episodes: what the
                     updates alone do, the figure every method must beat
+    grpo+etr+corrections   grpo+etr with a simulated operator correcting the exploring rollouts
+                    (core/corrections.py; not in the default list: `--methods ... --out
+                    corrections`); evaluations are never corrected
 A run is bench_learning.py's child (one subprocess, one core) and its file
 bench/results/runs/<out>/<task>-s<seed>-<method>.json is reused when its recipe (learner, run,
 sampler overrides) is the one asked for. Per method and task, bench/results/<out>.json holds
@@ -26,12 +29,14 @@ import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import bench_learning as bl
 import numpy as np
 
 from tinyvla_grpo_ros.core.config import GRPOConfig, SamplerConfig
+from tinyvla_grpo_ros.core.corrections import OperatorConfig
 from tinyvla_grpo_ros.core.intervals import paired_interval
 from tinyvla_grpo_ros.core.recipe import add_arguments
 from tinyvla_grpo_ros.sim.metaworld_grpo import RunConfig
@@ -52,13 +57,20 @@ def methods(sft_weight: float) -> dict[str, dict]:
                         "sampler": {"frozen_prefix": False}},
         "null": {"grpo": off, "sampler": {"frozen_prefix": False},
                  "run": {"shuffle_credit": True}},
+        "grpo+etr+corrections": {"grpo": off, "sampler": {"frozen_prefix": True},
+                                 "operator": asdict(OperatorConfig())},
     }
+
+
+DEFAULT_METHODS = ("grpo", "grpo+etr", "grpo+etr+sft", "filtered_bc", "null")
 
 
 def method_spec(base: dict, overrides: dict) -> dict:
     spec = {k: dict(v) for k, v in base.items()}
+    spec["operator"] = overrides.get("operator")          # None: no corrections
     for part, values in overrides.items():
-        spec[part].update(values)
+        if part != "operator":
+            spec[part].update(values)
     for part, values in PLAIN.items():          # unset method fields take the plain value
         for k, v in values.items():
             spec[part].setdefault(k, v)
@@ -81,7 +93,8 @@ def same_recipe(stored: dict, spec: dict) -> bool:
         have = stored.get(part) or {}
         return all(have[k] == v for k, v in spec[part].items()
                    if k in have and k not in cadence)
-    return same("grpo") and same("run") and same("sampler")
+    return same("grpo") and same("run") and same("sampler") and \
+        stored.get("operator") == spec["operator"]
 
 
 def summarize(rs: list[dict]) -> dict:
@@ -112,6 +125,9 @@ def summarize(rs: list[dict]) -> dict:
            "learner_seconds_per_update": float(np.mean([r["learner_seconds_per_update"]
                                                         for r in rs])),
            "prefix_shift_per_update": float(np.mean(shifts)) if shifts else 0.0,
+           "corrected_step_share_by_quarter": np.mean(
+               [r.get("corrected_step_share_by_quarter") or [0.0] * 4 for r in rs],
+               axis=0).tolist(),
            "wall_seconds_mean": float(np.mean([r["wall_seconds"] for r in rs]))}
     for name, d in (("cell", cell_d), ("heldout", held_d)):
         _, lo, hi = paired_interval(100 * np.asarray(d))
@@ -155,7 +171,7 @@ def main() -> None:
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=list(bl.TASKS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", default=list(methods(1.0)),
+    ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                     choices=list(methods(1.0)))
     ap.add_argument("--method-sft-weight", type=float, default=1.0,
                     help="sft_weight of grpo+etr+sft and filtered_bc")
