@@ -53,9 +53,8 @@ class PolicyNode(Node):
         lo, hi = (rc.declare(self, f"action_{k}", [v] * len(self.action_names), f"{k} limit "
                              "per action dimension") for k, v in (("low", -1.0), ("high", 1.0)))
         sampler_overrides = rc.declare_sampler(self, ckpt)
-        self.cameras, self.mode, self.enabled = list(cfg.camera_topics), cfg.command_mode, \
-            cfg.enabled
-        self.control_dt = 1.0 / cfg.control_rate_hz
+        self.cameras, self.mode, self.enabled, self.control_dt = list(cfg.camera_topics), \
+            cfg.command_mode, cfg.enabled, 1.0 / cfg.control_rate_hz
         self.limits = ActionLimits(np.array(lo), np.array(hi), cfg.max_delta_per_step)
         self.watchdog = Watchdog(cfg.watchdog_s)
         self.last_command = self.last_sent = None    # rate limit's start; where a hold stays
@@ -70,8 +69,9 @@ class PolicyNode(Node):
         self.episode, self.estop, self.chunk_index = EpisodeState(), False, 0
         self.last_decision_stamp: dict[str, int] = {}   # camera stamps of the last decision
         self.missed_for, self.image_arrival, self.busy = {}, time.monotonic(), threading.Lock()
-        self.stats = {"decisions": 0, "missed": 0, "missed_by_swap": 0, "swaps": 0,
-                      "stale": 0, "holds": 0, "watchdog_holds": 0, "images": 0}
+        self.stats, self.gc = {"decisions": 0, "missed": 0, "missed_by_swap": 0, "swaps": 0,
+                               "stale": 0, "holds": 0, "watchdog_holds": 0, "images": 0}, \
+            rc.GcPauses()
         # why no command goes out (cleared by a decision); inputs never seen yet (said on change)
         self.problem, self.waiting = "", None
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="inference")
@@ -270,13 +270,13 @@ class PolicyNode(Node):
         self.problem = text
 
     def publish_diagnostics(self) -> None:
-        # missed(_by_swap): fresh observations that waited over a period (for a swap's lock)
         adapter, version = self.runtime.active
         waiting = self.inputs.waiting_for()
         if waiting != self.waiting and waiting:
             self.get_logger().warning(f"waiting for {waiting}")
         self.waiting = waiting
-        values = self.stats | {"rejected": self.swaps.rejected, "late": self.schedule.late,
+        values = self.stats | self.gc.values() | {"rejected": self.swaps.rejected,
+                                                  "late": self.schedule.late,
                                "late_ms_max": round(self.schedule.late_s_max * 1e3, 1),
                                "inference_queue": self.worker._work_queue.qsize(),
                                "loader_queue": self.swaps.loader._work_queue.qsize(),

@@ -141,6 +141,27 @@ def image_to_numpy(msg: Image) -> np.ndarray:
     return arr[..., ::-1].copy() if msg.encoding == "bgr8" else arr.copy()
 
 
+class GcPauses:
+    """Python's garbage-collector pauses in this process (gc.callbacks): how many collections
+    of the oldest generation ran and the longest pause, for /diagnostics."""
+
+    def __init__(self) -> None:
+        import gc
+        import time
+        self._clock, self._t0, self.count, self.max_ms = time.perf_counter, 0.0, 0, 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = self._clock()
+        elif info.get("generation") == 2:
+            self.count += 1
+            self.max_ms = max(self.max_ms, (self._clock() - self._t0) * 1e3)
+
+    def values(self) -> dict:
+        return {"gc_full_collections": self.count, "gc_pause_ms_max": round(self.max_ms, 2)}
+
+
 def run(node_factory: Callable[[], Node], threads: int = 4, events: bool = False) -> None:
     """The rclpy main(): init, spin, and one clean shutdown however it is asked for.
 
@@ -163,6 +184,8 @@ def run(node_factory: Callable[[], Node], threads: int = 4, events: bool = False
     node = executor = None
     try:
         node = node_factory()
+        import gc
+        gc.freeze()           # what start-up built (models, modules) is never scanned again
         if events:
             from rclpy.experimental import EventsExecutor
             executor = EventsExecutor()
