@@ -41,7 +41,7 @@ from sensor_msgs.msg import Image, JointState
 from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
 
 from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
-from tinyvla_grpo_ros.core.config import ModelConfig, SamplerConfig
+from tinyvla_grpo_ros.core.config import ModelConfig, PolicyNodeConfig, SamplerConfig
 from tinyvla_grpo_ros.core.model import TinyVLAPolicy
 from tinyvla_grpo_ros.launcher import node_command
 from tinyvla_grpo_ros.nodes.ros_common import LATCHED, RELIABLE, numpy_to_image
@@ -104,8 +104,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 minute instead of 10")
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--size", type=int, default=224, help="camera width = height (px)")
-    ap.add_argument("--pipeline-lead", type=float, default=0.05,
-                    help="policy_node's pipeline_lead_s (0 = decide when a chunk ends)")
+    ap.add_argument("--pipeline-lead", type=float, default=PolicyNodeConfig.pipeline_lead_s,
+                    help="policy_node's pipeline_lead_s (0 = decide when a chunk ends; "
+                    "default: the recipe's)")
     ap.add_argument("--learner-beside", action="store_true",
                     help="a GRPO learner trains in another process meanwhile")
     ap.add_argument("--learner-child", action="store_true", help=argparse.SUPPRESS)
@@ -149,6 +150,11 @@ def main() -> None:
     samples, queue_max = [], {"inference_queue": 0, "loader_queue": 0}
     sent = 0
     try:
+        ready_by = time.monotonic() + 120          # the clock starts when the node is up
+        while not diag and time.monotonic() < ready_by:
+            if proc.poll() is not None:
+                raise RuntimeError(f"policy_node exited {proc.returncode}; see {log.name}")
+            ex.spin_once(timeout_sec=0.1)
         t0 = time.monotonic()
         end = t0 + 60 * minutes
         next_frame, next_sample, episode, ep_started, running = t0, t0, 0, t0, False

@@ -179,6 +179,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
     ap.add_argument("--rerun", action="store_true", help="ignore finished runs on disk")
     ap.add_argument("--quick", action="store_true", help="two short runs (make bench)")
+    ap.add_argument("--collect", action="store_true", help="run nothing: summarize the runs "
+                    "already on disk (a grid cut short)")
     ap.add_argument("--demos", type=int, default=0, help="SFT demos (0: per task, TASK_SFT)")
     ap.add_argument("--sft-steps", type=int, default=3000, help="SFT steps, with --demos")
     add_arguments(ap.add_argument_group("run (sim/metaworld_grpo.RunConfig)"), RunConfig,
@@ -214,13 +216,16 @@ def main() -> None:
                     out.replace(out.with_suffix(".stale.json"))
                 jobs.append({"task": t, "seed": s, "spec": specs[m], "ckpt": ckpts[t],
                              "out": str(out), "method": m})
+    if args.collect:
+        jobs = [j for j in jobs if Path(j["out"]).is_file()]
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(lambda j: bl.run_one(j, args) | {"method": j["method"]}, jobs))
     summary: dict[str, dict] = {}
     for m in args.methods:
         for t in args.tasks:
             rs = [r for r in runs if r["method"] == m and r["task"] == t]
-            summary.setdefault(m, {})[t] = summarize(rs)
+            if rs:
+                summary.setdefault(m, {})[t] = summarize(rs)
     drop = ("checkpoint", "learner_seconds", "updates")
     result = {"name": args.out, "methods": args.methods, "specs": specs, "summary": summary,
               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),

@@ -19,11 +19,12 @@ class ChunkSchedule:
     def __init__(self, period_s: float, lead_s: float = 0.0) -> None:
         if period_s < 0:
             raise ValueError(f"the decision period must be >= 0, got {period_s}")
-        if period_s > 0 and not 0 <= lead_s <= period_s:
-            raise ValueError(f"the pipeline lead must lie in [0, period = {period_s}] s, got "
-                             f"{lead_s}")
-        # period 0 (a decision on every fresh image, a simulator's pace): nothing to pipeline
-        self.period, self.lead = period_s, lead_s if period_s > 0 else 0.0
+        if lead_s < 0:
+            raise ValueError(f"the pipeline lead must be >= 0, got {lead_s}")
+        # A lead longer than the period is cut to it (a decision then starts when the chunk
+        # before starts); period 0 (a decision on every fresh image, a simulator's pace) has
+        # nothing to pipeline.
+        self.period, self.lead = period_s, min(lead_s, period_s)
         self.next_start: float | None = None      # when the next chunk is due on the arm
         self.late = 0                              # chunks that started after they were due
         self.late_s_max = 0.0

@@ -244,11 +244,11 @@ class PolicyNodeConfig:
     decision_period_s: float = setting(-1.0, "min time between decisions (-1: executed_steps "
                                        "/ control_rate_hz; 0: every fresh image)", lo=-1.0,
                                        hi=60.0)
-    pipeline_lead_s: float = setting(0.0, "chunk pipelining: start the next decision this long "
-                                     "before the current chunk ends, from the newest "
+    pipeline_lead_s: float = setting(0.05, "chunk pipelining: start the next decision this "
+                                     "long before the current chunk ends, from the newest "
                                      "observation; its chunk is stamped to start when the "
-                                     "current one ends (0 = off: decide when it ends)", lo=0.0,
-                                     hi=60.0)
+                                     "current one ends (0 = off: decide when it ends; ignored "
+                                     "with decision_period_s 0)", lo=0.0, hi=60.0)
     stale_after_s: float = setting(1.0, "max age of the images and joint states a decision "
                                    "uses, by stamp and by arrival", lo=0.01, hi=60.0)
     future_tolerance_s: float = setting(0.5, "max time an input's stamp may lie ahead of this "
