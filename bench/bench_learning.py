@@ -161,6 +161,18 @@ def plot(result: dict, path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def recipe_options(ap: argparse.ArgumentParser) -> None:
+    """The SFT start's options and the run, learner and sampler recipe, as options."""
+    ap.add_argument("--demos", type=int, default=0, help="SFT demos (0: per task, TASK_SFT)")
+    ap.add_argument("--sft-steps", type=int, default=3000, help="SFT steps, with --demos")
+    add_arguments(ap.add_argument_group("run (sim/metaworld_grpo.RunConfig)"), RunConfig,
+                  skip=("preset",))
+    add_arguments(ap.add_argument_group("learner (core/config.GRPOConfig)"), GRPOConfig,
+                  skip=("device",))
+    add_arguments(ap.add_argument_group("sampler (core/config.SamplerConfig)"), SamplerConfig,
+                  only=SamplerConfig.RECIPE, default_from="the SFT checkpoint's")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
@@ -171,14 +183,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
     ap.add_argument("--rerun", action="store_true", help="ignore finished runs on disk")
     ap.add_argument("--quick", action="store_true", help="one short run (make bench)")
-    ap.add_argument("--demos", type=int, default=0, help="SFT demos (0: per task, TASK_SFT)")
-    ap.add_argument("--sft-steps", type=int, default=3000, help="SFT steps, with --demos")
-    add_arguments(ap.add_argument_group("run (sim/metaworld_grpo.RunConfig)"), RunConfig,
-                  skip=("preset",))
-    add_arguments(ap.add_argument_group("learner (core/config.GRPOConfig)"), GRPOConfig,
-                  skip=("device",))
-    add_arguments(ap.add_argument_group("sampler (core/config.SamplerConfig)"), SamplerConfig,
-                  only=SamplerConfig.RECIPE, default_from="the SFT checkpoint's")
+    recipe_options(ap)
     for a in ("task", "seed", "ckpt", "out", "spec"):
         ap.add_argument(f"--child-{a}", help=argparse.SUPPRESS,
                         type=int if a == "seed" else str)

@@ -38,7 +38,6 @@ import numpy as np
 from tinyvla_grpo_ros.core.config import GRPOConfig, SamplerConfig
 from tinyvla_grpo_ros.core.corrections import OperatorConfig
 from tinyvla_grpo_ros.core.intervals import paired_interval
-from tinyvla_grpo_ros.core.recipe import add_arguments
 from tinyvla_grpo_ros.sim.metaworld_grpo import RunConfig
 from tinyvla_grpo_ros.sim.sft_start import task_sft_start
 
@@ -181,14 +180,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="two short runs (make bench)")
     ap.add_argument("--collect", action="store_true", help="run nothing: summarize the runs "
                     "already on disk (a grid cut short)")
-    ap.add_argument("--demos", type=int, default=0, help="SFT demos (0: per task, TASK_SFT)")
-    ap.add_argument("--sft-steps", type=int, default=3000, help="SFT steps, with --demos")
-    add_arguments(ap.add_argument_group("run (sim/metaworld_grpo.RunConfig)"), RunConfig,
-                  skip=("preset",))
-    add_arguments(ap.add_argument_group("learner (core/config.GRPOConfig)"), GRPOConfig,
-                  skip=("device",))
-    add_arguments(ap.add_argument_group("sampler (core/config.SamplerConfig)"), SamplerConfig,
-                  only=SamplerConfig.RECIPE, default_from="the SFT checkpoint's")
+    bl.recipe_options(ap)
     args = ap.parse_args()
     if args.quick:
         args.tasks, args.seeds, args.out, args.rerun = ["reach-v3"], [0], "methods_quick", True
