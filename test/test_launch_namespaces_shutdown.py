@@ -39,8 +39,10 @@ def wait_ready(launch, tmp_path, labels, timeout=90.0):
     raise AssertionError(f"not ready in {timeout} s\n{logs(tmp_path)}")
 
 
-def logs(tmp_path):
-    return "\n".join(f"--- {p.name}\n{p.read_text()[-2500:]}" for p in tmp_path.glob("*.log"))
+def logs(tmp_path, tail=2500):
+    """Each node's log (its last `tail` characters; None: all of it), for assertions to show."""
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-tail if tail else 0:]}"
+                     for p in tmp_path.glob("*.log"))
 
 
 def parameters(client, node, names):
