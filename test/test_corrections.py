@@ -1,5 +1,7 @@
 """Operator corrections: the simulated operator's rule, corrected chunks, how they are stored,
 counted and learned from."""
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +114,38 @@ def test_correction_weight_zero_leaves_the_update_as_it_was():
         learner.update(plain, generator=torch.Generator().manual_seed(0))
         out.append({k: v.clone() for k, v in policy.model.state_dict().items()})
     assert all(torch.equal(out[0][k], out[1][k]) for k in out[0])
+
+
+def test_the_episode_manager_stores_the_operators_chunks_as_corrections_of_a_failed_episode(
+        tmp_path):
+    """policy_node's operator chunks (takeover) reach the store as corrected chunks: each
+    segment of consecutive chunk indices cut at its decision boundaries, the policy's own
+    chunks untouched, and the episode a failure of the policy although it succeeded."""
+    from test_episode_machine import frame, make
+
+    from tinyvla_grpo_ros.core import episode_machine as em
+    m, port = make(tmp_path, max_chunks=10)
+    m.set_version(0)
+    m.step()
+    m.reset_finished(True, "")
+    eid = m.ep.episode_id
+    op = lambda i, v: {"chunk_index": i, "images": np.full((1, 4, 4, 3), i, np.uint8),  # noqa
+                       "states": np.full(3, i, np.float32), "executed": 2,
+                       "actions": np.full((4, 2), v, np.float32)}
+    assert m.add_chunk(eid, frame(), "reach-v3", 0, "reach")                   # chunk 0
+    assert m.add_operator_chunk(eid, op(1, 0.1)) and m.add_operator_chunk(eid, op(2, 0.2))
+    assert m.add_chunk(eid, frame(), "reach-v3", 0, "reach")                   # chunk 3
+    assert m.add_operator_chunk(eid, op(4, -0.5))
+    assert not m.add_operator_chunk("another-episode", op(5, 0.0))
+    m.sim_succeeded(True)
+    m.step(time.monotonic())
+    assert port.outcomes[-1]["success"] and port.outcomes[-1]["corrected_steps"] == 6
+    (rec,) = m.store.read_group("reach-v3", port.outcomes[-1]["group_id"])
+    assert rec.reward == 0.0 and rec.corrected_steps == 6
+    assert rec.tensors["chains"].shape[0] == 2                     # the policy's two chunks
+    t = rec.tensors
+    assert t["op_executed"].tolist() == [4, 2, 2]     # 1-2: one segment; 2 starts a boundary
+    assert t["op_states"][:, 0].tolist() == [1.0, 2.0, 4.0]
+    assert torch.allclose(t["op_actions"][0, :, 0], torch.tensor([0.1, 0.1, 0.2, 0.2]))
+    assert torch.allclose(t["op_actions"][2, :2, 0], torch.tensor([-0.5, -0.5]))
+    assert m.state != em.RUNNING

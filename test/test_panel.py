@@ -157,3 +157,70 @@ def test_panel_marks_once_on_double_click_and_the_chart_updates(running_loop):
         eps = store.read_group("reach-v3", gid, with_tensors=False)
         assert {e.episode_id: e.reward for e in eps}[second] == 0.0
         page.screenshot(path=str(tmp / "panel.png"))
+
+
+def test_hold_to_intervene_hands_the_arm_to_the_operator_and_the_correction_is_stored(
+        running_loop):
+    """The panel's hold-to-intervene button through the real nodes: while it is held the
+    panel says the operator is in control and policy_node forwards a teleop device's
+    operator_action to the simulator; letting go hands back; the episode is stored with its
+    corrected chunks, as a failure of the policy, and the chart shows the corrected share."""
+    from ros_harness import Client
+    from sensor_msgs.msg import JointState
+
+    from tinyvla_grpo_ros.nodes.ros_common import RELIABLE
+    url, store, launch, tmp = running_loop
+    client = Client("teleop")
+    pub = client.node.create_publisher(JointState, "operator_action", RELIABLE)
+    teleop = client.node.create_timer(0.05, lambda: pub.publish(JointState(
+        name=["ee_dx", "ee_dy", "ee_dz", "gripper"], position=[0.2, 0.0, -0.1, 0.0])))
+    try:
+        with chromium_page() as page:
+            from playwright.sync_api import Error as PlaywrightError
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    page.goto(url + "/", timeout=5000)
+                    break
+                except PlaywrightError:
+                    assert time.monotonic() < deadline and launch.poll() is None
+                    time.sleep(0.5)
+            page.wait_for_function(
+                "document.getElementById('state').textContent === 'RUNNING' && "
+                "parseInt(document.getElementById('chunks').textContent) > 0", timeout=60000)
+            episode = page.text_content("#episode")
+            assert page.text_content("#control") == "policy"
+            page.hover("#intervene")
+            page.mouse.down()                                  # held down ...
+            deadline = time.monotonic() + 30
+            while page.text_content("#control") != "operator":
+                client.spin_until(lambda: False, 0.1)
+                assert time.monotonic() < deadline, (tmp / "policy_node.log").read_text()[-2000:]
+            chunks = int(page.text_content("#chunks"))
+            deadline = time.monotonic() + 30
+            while int(page.text_content("#chunks")) < chunks + 3:    # operator chunks run
+                client.spin_until(lambda: False, 0.1)
+                assert time.monotonic() < deadline, (tmp / "policy_node.log").read_text()[-2000:]
+            page.mouse.up()                                    # ... and let go
+            deadline = time.monotonic() + 30
+            while page.text_content("#control") != "policy":
+                client.spin_until(lambda: False, 0.1)
+                assert time.monotonic() < deadline
+            assert page.text_content("#episode") == episode
+            page.click("#success")
+            deadline = time.monotonic() + 30
+            while not store.groups("reach-v3") or not store.episode_ids(
+                    "reach-v3", store.groups("reach-v3")[0]):
+                assert time.monotonic() < deadline, "the corrected episode was not stored"
+                time.sleep(0.1)
+            (rec,) = store.read_group("reach-v3", store.groups("reach-v3")[0])
+            assert rec.episode_id == episode and rec.success and rec.reward == 0.0
+            assert rec.corrected_steps >= 3 * 4 and rec.corrected_steps % 4 == 0
+            acts = rec.tensors["op_actions"]
+            assert acts.shape[0] >= 3 and torch.isfinite(acts).all()
+            page.wait_for_function(
+                "document.getElementById('chart').dataset.corrected === '1'", timeout=10000)
+            page.screenshot(path=str(tmp / "panel_intervene.png"))
+    finally:
+        client.node.destroy_timer(teleop)
+        client.close()

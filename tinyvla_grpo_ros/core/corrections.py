@@ -105,3 +105,21 @@ def correction_chunks(steps: list[dict], horizon: int, normalize) -> dict[str, t
             "op_states": torch.stack(out["op_states"]),
             "op_actions": torch.stack(out["op_actions"]),
             "op_executed": torch.tensor(out["op_executed"])}
+
+
+def operator_chunks(frames: list[dict]) -> dict[str, torch.Tensor]:
+    """The operator's chunks as policy_node sent them during a takeover (one dict each:
+    chunk_index, images, states, actions (Ta, Da) already normalized, executed) -> the
+    corrected chunks `correction_chunks` cuts (consecutive chunk indices are one segment; each
+    chunk's start is a decision boundary)."""
+    steps, segment, last = [], -1, None
+    for f in sorted(frames, key=lambda f: f["chunk_index"]):
+        if last is None or f["chunk_index"] != last + 1:
+            segment += 1
+        last = f["chunk_index"]
+        acts = np.asarray(f["actions"], np.float32)
+        for k in range(int(f["executed"])):
+            steps.append({"segment": segment, "action": acts[k],
+                          "obs": (f["images"], f["states"]) if k == 0 else None})
+    horizon = len(frames[0]["actions"]) if frames else 0
+    return correction_chunks(steps, horizon, lambda a: a)

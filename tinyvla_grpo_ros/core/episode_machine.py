@@ -30,6 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from .config import GRPOConfig
+from .corrections import operator_chunks
 from .init_states import SAMPLING_MODES, latest_groups, pick_init_states
 from .recipe import check_ranges, same_as, setting
 from .regression_guard import RegressionGuard
@@ -92,6 +93,7 @@ class Episode:
     episode_id: str = ""
     started_at: float = 0.0
     frames: list[dict] = field(default_factory=list)
+    op_frames: list[dict] = field(default_factory=list)   # the operator's chunks (takeover)
     versions: set[tuple[str, int]] = field(default_factory=set)
     instruction: str = ""
     mark: tuple[str, str] | None = None          # (outcome, source)
@@ -115,8 +117,8 @@ class EpisodeMachine:
         self.eval_requested, self.eval_from, self.last_eval_version = False, 0, -1
         self.waiting_since = 0.0
         self.marks = {"accepted": 0, "refused": 0}
-        self.history: dict[int, dict[str, list[bool]]] = defaultdict(
-            lambda: {"explore": [], "eval": []})
+        self.history: dict[int, dict[str, list]] = defaultdict(
+            lambda: {"explore": [], "eval": [], "steps": [0, 0]})   # [corrected, all] steps
         # This robot's completed groups count towards num_groups and init-state sampling, also
         # after a restart: read once here, then kept up to date when a group finishes.
         done = self.completed_groups()
@@ -136,6 +138,15 @@ class EpisodeMachine:
             self.ep.frames.append(frame)
             self.ep.versions.add((adapter, int(version)))
             self.ep.instruction = instruction
+            return True
+
+    def add_operator_chunk(self, episode_id: str, frame: dict) -> bool:
+        """A chunk the operator drove (takeover): {chunk_index, images, states, actions (Ta, Da)
+        normalized, executed}; kept when it belongs to the running episode."""
+        with self.lock:
+            if self.state != RUNNING or episode_id != self.ep.episode_id:
+                return False
+            self.ep.op_frames.append(frame)
             return True
 
     def sim_succeeded(self, success: bool) -> None:
@@ -301,7 +312,7 @@ class EpisodeMachine:
         elif self.ep.sim_success and self.cfg.reset_mode == "service":
             self.end_episode(True, "simulator", now)
         elif now - self.ep.started_at > self.cfg.max_episode_s or \
-                len(self.ep.frames) >= self.cfg.max_chunks:
+                len(self.ep.frames) + len(self.ep.op_frames) >= self.cfg.max_chunks:
             self.end_episode(False, "timeout", now)
 
     def end_episode(self, success: bool, decided_by: str, now: float) -> None:
@@ -317,10 +328,13 @@ class EpisodeMachine:
         outcome = {"episode_id": ep.episode_id, "group_id": self.group_id,
                    "task": self.cfg.task, "init_state_id": max(ep.init_state_id, 0),
                    "adapter_name": adapter, "adapter_version": version}
+        corrected = sum(f["executed"] for f in ep.op_frames)
         if not ep.deterministic:
             try:
                 rec = episode_record(ep.frames, success=success, instruction=ep.instruction,
-                                     decided_by=decided_by, duration_s=duration, **outcome)
+                                     decided_by=decided_by, duration_s=duration,
+                                     corrections=operator_chunks(ep.op_frames),
+                                     corrected_steps=corrected, **outcome)
                 self.store.write_episode(rec)
             except (StoreError, RuntimeError, ValueError) as e:   # disk, or frames that differ
                 self.port.log("error", f"episode {ep.episode_id} not stored ({e}); it is "
@@ -329,8 +343,12 @@ class EpisodeMachine:
                 return
         self.port.publish_outcome(outcome | {"success": success, "decided_by": decided_by,
                                              "duration_s": duration,
-                                             "chunk_count": len(ep.frames)})
+                                             "chunk_count": len(ep.frames),
+                                             "corrected_steps": corrected})
         self.history[version]["eval" if ep.deterministic else "explore"].append(success)
+        steps = self.history[version]["steps"]
+        steps[0] += corrected
+        steps[1] += corrected + sum(int(f["executed"]) for f in ep.frames)
         self.port.log("info", f"{'eval ' if ep.deterministic else ''}episode {ep.episode_id} "
                       f"v{version} init {ep.init_state_id}: "
                       f"{'success' if success else 'failure'} ({decided_by}, "
@@ -410,7 +428,8 @@ class EpisodeMachine:
             return {
                 "task": self.cfg.task, "state": STATE_NAMES[self.state],
                 "episode_id": self.ep.episode_id if self.state == RUNNING else "",
-                "episode_marked": self.ep.mark is not None, "chunks": len(self.ep.frames),
+                "episode_marked": self.ep.mark is not None,
+                "chunks": len(self.ep.frames) + len(self.ep.op_frames),
                 "group_id": self.group_id, "group_index": self.group_index,
                 "group_size": self.cfg.group_size, "adapter": self.cfg.task,
                 "version": self.version, "paused": self.paused,
@@ -421,7 +440,9 @@ class EpisodeMachine:
                 "versions": [{"version": v, "explore_episodes": len(h["explore"]),
                               "explore_success": rate(h["explore"]),
                               "eval_episodes": len(h["eval"]),
-                              "eval_success": rate(h["eval"])}
+                              "eval_success": rate(h["eval"]),
+                              "corrected_share": h["steps"][0] / h["steps"][1]
+                              if h["steps"][1] else None}
                              for v, h in sorted(self.history.items())],
                 "guard": [{"version": e.version, "rollback_to": e.rollback_to,
                            "reason": e.reason} for e in self.guard.events[-5:]]}

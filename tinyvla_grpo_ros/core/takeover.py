@@ -15,9 +15,49 @@ delta actions named ee_dx, ee_dy, ee_dz, scaled to action units per control step
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from .recipe import check_ranges, setting
+
 EE_DELTA_NAMES = ("ee_dx", "ee_dy", "ee_dz")
+
+
+@dataclass(frozen=True)
+class TakeoverConfig:
+    """How policy_node takes the operator's commands (its parameters; topics operator_action,
+    joy, operator_twist; service intervene)."""
+
+    operator_stale_s: float = setting(0.5, "during a takeover, hold the arm when the operator's "
+                                      "latest command is older than this", lo=0.01, hi=60.0)
+    joy_intervene_button: int = setting(-1, "Joy button held as the dead-man switch of a "
+                                        "takeover (-1: Joy does not take over)", lo=-1, hi=127)
+    joy_axes: tuple[int, ...] = setting((-1,), "per action dimension, the Joy axis that drives "
+                                        "it (-1: none; one -1: Joy commands nothing)")
+    joy_scales: tuple[float, ...] = setting((1.0,), "per action dimension, the factor from its "
+                                            "Joy axis to action units (one value: all)")
+    twist_scale: float = setting(0.0, "TwistStamped on operator_twist: action units per m/s of "
+                                 "end-effector velocity, onto actions ee_dx, ee_dy, ee_dz (0: "
+                                 "twists ignored)", lo=0.0, hi=1e6)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+    def joy_mapping(self, action_dim: int) -> tuple[list[int], list[float]] | None:
+        """(axis per dimension, scale per dimension), None when Joy commands nothing; a
+        mapping that does not fit the action names raises ValueError naming the setting."""
+        if all(a < 0 for a in self.joy_axes):
+            return None
+        if len(self.joy_axes) != action_dim:
+            raise ValueError(f"joy_axes has {len(self.joy_axes)} entries; the policy has "
+                             f"{action_dim} action dimensions")
+        scales = list(self.joy_scales) * action_dim if len(self.joy_scales) == 1 else \
+            list(self.joy_scales)
+        if len(scales) != action_dim:
+            raise ValueError(f"joy_scales has {len(self.joy_scales)} entries; give 1 or "
+                             f"{action_dim}")
+        return list(self.joy_axes), scales
 
 
 def joy_action(axes: list[float], axis_of: list[int], scale: list[float]) -> np.ndarray | str:

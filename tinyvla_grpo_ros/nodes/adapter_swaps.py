@@ -5,6 +5,7 @@ place between two chunks when the node allows it (by default only between groups
 service) stage a verified version; `apply_if_allowed()` applies the staged one when
 `allowed()` says so (the node calls it again when an episode ends). No decision ever waits for
 disk I/O or verification: the runtime lock is held only for the in-place copy.
+`AdapterTopics` is policy_node's adapter_update / select_adapter / active_adapter endpoints.
 """
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from rclpy.callback_groups import ReentrantCallbackGroup
+from tinyvla_grpo_interfaces.msg import AdapterUpdate
+from tinyvla_grpo_interfaces.srv import SelectAdapter
+
 from ..core.policy_runtime import PolicyRuntime, PreparedSwap
+from . import ros_common as rc
 
 
 class AdapterSwaps:
@@ -74,3 +80,31 @@ class AdapterSwaps:
 
     def close(self) -> None:
         self.loader.shutdown(wait=True, cancel_futures=True)
+
+
+class AdapterTopics:
+    """AdapterUpdate on `update_topic` offers versions; select_adapter stages one (the service
+    waits for the loader: reentrant); active_adapter (latched) says which version acts."""
+
+    def __init__(self, node, swaps: AdapterSwaps, tasks: list[str], update_topic: str) -> None:
+        self.node, self.swaps, self.tasks = node, swaps, tasks
+        node.create_subscription(AdapterUpdate, update_topic, self.on_update,
+                                 rc.LATCHED_HISTORY)
+        node.create_service(SelectAdapter, "select_adapter", self.on_select,
+                            callback_group=ReentrantCallbackGroup())
+        self.pub_active = node.create_publisher(AdapterUpdate, "active_adapter", rc.LATCHED)
+
+    def on_update(self, msg: AdapterUpdate) -> None:
+        if msg.adapter_name in self.tasks:
+            self.swaps.offer(msg.adapter_name, msg.version, msg.path, msg.sha256)
+
+    def on_select(self, req: SelectAdapter.Request, resp: SelectAdapter.Response):
+        resp.accepted, resp.message = self.swaps.select(req.adapter_name, req.version)
+        resp.active_version = self.swaps.runtime.versions.get(req.adapter_name, 0)
+        return resp
+
+    def publish_active(self) -> None:
+        adapter, version = self.swaps.runtime.active
+        msg = AdapterUpdate(adapter_name=adapter, version=version)
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        self.pub_active.publish(msg)

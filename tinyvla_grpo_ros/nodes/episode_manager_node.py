@@ -1,10 +1,12 @@
 """episode_manager_node: the ROS shell of core/episode_machine.py (groups, outcomes, storage).
 
-Subscribes  action_chunk, active_adapter, success (the simulator's), adapter_update, joy, image.
+Subscribes  action_chunk, active_adapter, success (the simulator's), adapter_update, joy, image,
+            control (policy_node's: who moves the arm).
 Publishes   episode_state (latched), episode_outcome, group_ready, /diagnostics.
 Serves      mark_outcome, scene_ready, start, pause_learning, evaluate_now, rollback_adapter
             (-> learner_node's restore_adapter, else policy_node's select_adapter). The web
-            panel and a gamepad (Joy, hold-to-confirm) call the same machine methods.
+            panel and a gamepad (Joy, hold-to-confirm) call the same machine methods; the
+            panel's hold-to-intervene calls policy_node's intervene.
 Settings: core/episode_machine.EpisodeManagerConfig, plus the store, panel and Joy parameters.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, Joy
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 from tinyvla_grpo_interfaces.msg import (
     ActionChunk,
@@ -73,8 +75,8 @@ class EpisodeManagerNode(Node):
         self.learner_status: dict[str, float] = {}
         self.reset_client = self.create_client(ResetScene, reset_srv)
         self.reset_wanted, self.reset_future = None, None    # init id to reset to, its call
-        self.machine = em.EpisodeMachine(cfg, RolloutStore(Path(root), keep, self.log_error),
-                                         self.robot, self)
+        self.machine = em.EpisodeMachine(
+            cfg, RolloutStore(Path(root), keep, self.get_logger().error), self.robot, self)
         self.mark_episode, self.scene_is_ready, self.set_paused = \
             self.machine.mark, self.machine.scene_is_ready, self.machine.set_paused
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -103,6 +105,10 @@ class EpisodeManagerNode(Node):
                                                 callback_group=reentrant)
         self.restore_client = self.create_client(SelectAdapter, restore_srv,
                                                  callback_group=reentrant)
+        self.intervene_client = self.create_client(SetBool, "intervene", callback_group=reentrant)
+        self.control = "policy"                      # who moves the arm (policy_node's control)
+        self.create_subscription(String, "control", lambda m: setattr(self, "control", m.data),
+                                 rc.LATCHED)
         self.create_timer(0.02, self.tick)
         self.create_timer(1.0, self.publish_diagnostics)
         self.publish_state()
@@ -160,17 +166,8 @@ class EpisodeManagerNode(Node):
                 self.machine.rollback_failed(version, text)
         threading.Thread(target=carry_out, name="guard_rollback", daemon=True).start()
 
-    def log_error(self, text: str) -> None:
-        self.get_logger().error(text)
-
     def log(self, level: str, text: str) -> None:
-        # one call site per severity: rclpy refuses a call site that changes severity
-        if level == "error":
-            self.get_logger().error(text)
-        elif level == "warning":
-            self.get_logger().warning(text)
-        else:
-            self.get_logger().info(text)
+        rc.log_at(self.get_logger(), level, text)
 
     # ----- inputs -----
     def tick(self) -> None:
@@ -193,16 +190,19 @@ class EpisodeManagerNode(Node):
         Ta, Da = msg.horizon, msg.action_dim     # evaluation chunks carry no log-probs
         if not msg.episode_id or Ta == 0:         # a hold: nothing to record
             return
-        try:
+        try:    # the policy's chunk: what GRPO re-scores; the operator's: what it imitates
             frame = {"images": np.stack([rc.image_to_numpy(i) for i in msg.images]),
                      "states": np.asarray(msg.joint_positions, np.float32),
-                     "chains": np.asarray(msg.chain, np.float32).reshape(-1, Ta, Da),
-                     "log_probs": np.asarray(msg.log_probs, np.float32),
-                     "executed": msg.executed_steps}
+                     "executed": msg.executed_steps} | ({
+                "chunk_index": msg.chunk_index, "actions": np.asarray(
+                    msg.normalized_actions, np.float32).reshape(Ta, Da)} if msg.operator_steps
+                else {"chains": np.asarray(msg.chain, np.float32).reshape(-1, Ta, Da),
+                      "log_probs": np.asarray(msg.log_probs, np.float32)})
         except (rc.BadImage, ValueError) as e:
-            self.get_logger().error(f"chunk {msg.chunk_index} of {msg.episode_id} unreadable: "
-                                    f"{e}")
-            return
+            return self.get_logger().error(f"chunk {msg.chunk_index} of {msg.episode_id} "
+                                           f"unreadable: {e}")
+        if msg.operator_steps:
+            return self.machine.add_operator_chunk(msg.episode_id, frame)
         self.machine.add_chunk(msg.episode_id, frame, msg.adapter_name, msg.adapter_version,
                                msg.instruction)
 
@@ -253,19 +253,20 @@ class EpisodeManagerNode(Node):
         req = SelectAdapter.Request(adapter_name=self.task, version=int(version))
         for client, who in ((self.restore_client, "learner_node"),
                             (self.select_client, "policy_node")):
-            if not client.wait_for_service(timeout_sec=2.0):
-                continue
-            done = threading.Event()
-            fut = client.call_async(req)
-            fut.add_done_callback(lambda _, d=done: d.set())
-            if not done.wait(30.0) or fut.result() is None:
-                return False, f"{who} did not answer"
-            return bool(fut.result().accepted), fut.result().message
+            if client.service_is_ready() or client.wait_for_service(timeout_sec=2.0):
+                r = rc.call(client, req, who)
+                return (bool(r.accepted), r.message) if r else (False, f"{who} did not answer")
         return False, "neither learner_node's restore nor policy_node's select service answers"
+
+    def intervene(self, on: bool) -> tuple[bool, str]:
+        """The panel's hold-to-intervene: policy_node's intervene service."""
+        r = rc.call(self.intervene_client, SetBool.Request(data=on), "policy_node", 5.0)
+        return (r.success, r.message) if r else (False, "policy_node's intervene does not answer")
 
     # ----- the panel's backend (and mark_episode, scene_is_ready, set_paused: the machine's) --
     def snapshot(self) -> dict:
-        return self.machine.snapshot() | {"learner": self.learner_status}
+        return self.machine.snapshot() | {"learner": self.learner_status,
+                                          "control": self.control}
 
     def publish_diagnostics(self) -> None:
         """What the manager waits for, on start, on /diagnostics and in the log on change."""

@@ -7,6 +7,8 @@ POST /api/mark          {"outcome": "success"|"failure"|"discard", "episode_id":
 POST /api/ready         scene reset done (operator reset mode)
 POST /api/pause         {"paused": true|false}: stop / resume starting groups
 POST /api/rollback      {"version": N}: go on from stored version N (learner restore)
+POST /api/intervene     {"on": true|false}: the hold-to-intervene button (policy_node's
+                        intervene service); the arm then follows the operator's teleop device
 
 Only the panel's own page can press it:
 - the Host header must name the address the panel is bound to (a DNS-rebinding page's
@@ -44,6 +46,7 @@ class PanelBackend(Protocol):
     def scene_is_ready(self) -> tuple[bool, str]: ...
     def set_paused(self, paused: bool) -> tuple[bool, str]: ...
     def rollback(self, version: int) -> tuple[bool, str]: ...
+    def intervene(self, on: bool) -> tuple[bool, str]: ...
     def thumbnail_jpeg(self) -> bytes | None: ...
 
 
@@ -112,6 +115,8 @@ def parse_action(path: str, body: dict) -> tuple:
         if not 0 <= version < 2**31:
             raise BadRequest(f"'version' must lie in [0, 2^31), got {version}")
         return ("rollback", version)
+    if path == "/api/intervene":
+        return ("intervene", field("on", bool))
     raise LookupError(path)
 
 
@@ -215,6 +220,8 @@ class _Handler(BaseHTTPRequestHandler):
             ok, msg = b.scene_is_ready()
         elif action[0] == "pause":
             ok, msg = b.set_paused(action[1])
+        elif action[0] == "intervene":
+            ok, msg = b.intervene(action[1])
         else:
             ok, msg = b.rollback(action[1])
         self._json(200, {"accepted": ok, "message": msg})

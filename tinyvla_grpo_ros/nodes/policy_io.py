@@ -150,3 +150,19 @@ def hold_trajectory(target: np.ndarray | None, action_names: list[str], control_
     if target is None:
         return None
     return trajectory(action_names, np.asarray(target, float)[None], control_dt)
+
+
+def diagnostics(node, waiting: str):
+    """policy_node's /diagnostics: its counters, timing, control and adapter; its problems."""
+    from .ros_common import diagnostics as status
+    adapter, version = node.runtime.active
+    values = node.stats | node.operator.stats | node.gc.values() | {
+        "rejected": node.swaps.rejected, "late": node.schedule.late,
+        "late_ms_max": round(node.schedule.late_s_max * 1e3, 1),
+        "control": "operator" if node.operator.active else "policy",
+        "inference_queue": node.worker._work_queue.qsize(),
+        "loader_queue": node.swaps.loader._work_queue.qsize(),
+        "adapter": adapter, "version": version}
+    problems = [p for p in (node.problem, node.swaps.problem, node.operator.problem) if p]
+    return status("policy_node", problems + ([f"waiting for {waiting}"] if waiting else []),
+                  values, node.get_clock().now().to_msg())

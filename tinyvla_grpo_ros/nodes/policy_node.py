@@ -1,12 +1,13 @@
 """policy_node: samples action chunks from cameras + joint states, commands the arm, hot-swaps.
 
-Topics: <camera_topics>, joint_states, episode_state, adapter_update, estop in; action_chunk
-(actions + what GRPO needs to re-score them), the JointTrajectory command (joint_trajectory
-mode), active_adapter, /diagnostics out. Services: select_adapter, enable. It commands only while
-an episode RUNS, the node is enabled and no e-stop is latched, from fresh inputs, within
-`action_low/high` and `max_delta_per_step`; it holds when the episode stops, on disable, e-stop
-and by the watchdog. Inference runs on a worker thread, swaps on a loader thread
-(adapter_swaps.py). Settings: core/config.PolicyNodeConfig and the sampler's recipe fields.
+In: <camera_topics>, joint_states, episode_state, estop; out: action_chunk (actions + what GRPO
+needs to re-score them), the JointTrajectory command (joint_trajectory mode), /diagnostics;
+service enable; adapters: adapter_swaps.AdapterTopics; the operator's takeover: operator_io. It
+commands only while an episode RUNS, the node is enabled and no e-stop is latched, from fresh
+inputs, within `action_low/high` and `max_delta_per_step`, the policy's chunks or (takeover) the
+operator's; it holds when the episode stops, on disable, e-stop and by the watchdog. Inference
+runs on a worker thread, swaps on a loader thread. Settings: core/config.PolicyNodeConfig,
+core/takeover.TakeoverConfig and the sampler's recipe fields.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -25,8 +25,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool
-from tinyvla_grpo_interfaces.msg import ActionChunk, AdapterUpdate, EpisodeState
-from tinyvla_grpo_interfaces.srv import SelectAdapter
+from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
 from trajectory_msgs.msg import JointTrajectory
 
 from ..core.chunk_schedule import ChunkSchedule
@@ -36,7 +35,8 @@ from ..core.policy_runtime import PolicyRuntime
 from ..core.safety import ActionLimits, Watchdog
 from . import policy_io
 from . import ros_common as rc
-from .adapter_swaps import AdapterSwaps
+from .adapter_swaps import AdapterSwaps, AdapterTopics
+from .operator_io import OperatorControl
 
 
 class PolicyNode(Node):
@@ -61,6 +61,10 @@ class PolicyNode(Node):
         self.runtime = PolicyRuntime(ckpt, self.tasks, root, adapter_cfg, sampler_overrides,
                                      resolve_device(cfg.device))
         self.n_exec = self.runtime.sampler.executed_steps()
+        self.operator = OperatorControl(
+            self, self.action_names, self.limits, lambda: self.episode.state ==
+            EpisodeState.RUNNING, self.runtime.policy.model, self.n_exec, self.cameras,
+            self.joint_names)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.inputs = policy_io.Inputs(
             self.cameras, self.joint_names, Freshness(cfg.stale_after_s, cfg.future_tolerance_s),
@@ -69,9 +73,9 @@ class PolicyNode(Node):
         self.episode, self.estop, self.chunk_index = EpisodeState(), False, 0
         self.last_decision_stamp: dict[str, int] = {}   # camera stamps of the last decision
         self.missed_for, self.image_arrival, self.busy = {}, time.monotonic(), threading.Lock()
-        self.stats, self.gc = {"decisions": 0, "missed": 0, "missed_by_swap": 0, "swaps": 0,
-                               "stale": 0, "holds": 0, "watchdog_holds": 0, "images": 0}, \
-            rc.GcPauses()
+        self.stats = {"decisions": 0, "missed": 0, "missed_by_swap": 0, "swaps": 0, "stale": 0,
+                      "holds": 0, "watchdog_holds": 0, "images": 0}
+        self.gc = rc.GcPauses()
         # why no command goes out (cleared by a decision); inputs never seen yet (said on change)
         self.problem, self.waiting = "", None
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="inference")
@@ -83,16 +87,12 @@ class PolicyNode(Node):
         self.create_subscription(JointState, "joint_states", lambda m: self.inputs.on_joints(
             m, time.monotonic()), qos_profile_sensor_data)
         self.create_subscription(EpisodeState, "episode_state", self.on_episode, rc.LATCHED)
-        self.create_subscription(AdapterUpdate, cfg.adapter_update_topic, self.on_update,
-                                 rc.LATCHED_HISTORY)
         self.create_subscription(Bool, "estop", self.on_estop, rc.RELIABLE)
         self.pub_chunk = self.create_publisher(ActionChunk, "action_chunk", rc.RELIABLE)
         self.pub_traj = self.create_publisher(JointTrajectory, cfg.controller_topic, rc.RELIABLE) \
             if self.mode == "joint_trajectory" else None     # only a commanded controller
-        self.pub_active = self.create_publisher(AdapterUpdate, "active_adapter", rc.LATCHED)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_service(SelectAdapter, "select_adapter", self.on_select,  # waits: reentrant
-                            callback_group=ReentrantCallbackGroup())
+        self.adapters = AdapterTopics(self, self.swaps, self.tasks, cfg.adapter_update_topic)
         self.create_service(SetBool, "enable", self.on_enable)
         self.period = self.n_exec * self.control_dt
         # at most one decision per period; 0: every fresh image (a sim's one per decision)
@@ -101,7 +101,7 @@ class PolicyNode(Node):
         self.create_timer(min(self.period, 0.01 if cfg.pipeline_lead_s else 0.02), self.decide)
         self.create_timer(1.0, self.publish_diagnostics)
         self.create_timer(0.1, self.check_watchdog)
-        self.publish_active()
+        self.adapters.publish_active()
         self.publish_diagnostics()
         self.get_logger().info(f"policy ready: tasks {self.tasks}, {self.mode} mode, "
                                f"decision every {self.period * 1e3:.0f} ms")
@@ -123,8 +123,10 @@ class PolicyNode(Node):
             self._ep, self.chunk_index, self.last_command = msg.episode_id, 0, None
             self.watchdog.arm(time.monotonic())
             self.schedule.reset()
+            self.operator.end_episode()
         if was_running and msg.state != EpisodeState.RUNNING:
             self.watchdog.disarm()
+            self.operator.end_episode()
             self.send_hold("episode ended")
         self.swaps.apply_later()
 
@@ -167,11 +169,12 @@ class PolicyNode(Node):
         if isinstance(obs, str):
             self.busy.release()
             self.stats["stale"] += 1
-            self.set_problem(obs)
-            return
+            return self.set_problem(obs)
         self.last_decision_stamp = stamp
         self.set_problem("")
-        self.worker.submit(self.infer, obs, self.episode, self.schedule.begin(time.monotonic()))
+        due = self.schedule.begin(time.monotonic())
+        (self.operate if self.operator.active else   # the operator's: no model, this thread
+         lambda *a: self.worker.submit(self.infer, *a))(obs, self.episode, due)
 
     def infer(self, obs, episode: EpisodeState, due: float) -> None:   # due: see ChunkSchedule
         try:
@@ -191,21 +194,10 @@ class PolicyNode(Node):
                 chunk, actions, self.runtime.sampler, adapter, version, episode,
                 self.chunk_index, obs, self.cameras, self.joint_names, self.action_names,
                 self.instructions.get(episode.task_id, episode.task_id))
-            now = time.monotonic()                 # stamp: when the chunk starts on the arm
-            msg.header.stamp = (self.get_clock().now() + Duration(nanoseconds=int(
-                1e9 * (self.schedule.finished(due, now) - now)))).to_msg()
             self.stats["last_decision_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
-            if self.episode.state != EpisodeState.RUNNING or self.episode.episode_id != \
-                    episode.episode_id or not self.enabled or self.estop:
-                return                                       # the episode ended meanwhile
-            self.pub_chunk.publish(msg)
-            if self.mode == "joint_trajectory":
-                self.pub_traj.publish(policy_io.trajectory(
-                    self.action_names, actions[: self.n_exec], self.control_dt, msg.header.stamp))
-            self.last_command = self.last_sent = actions[self.n_exec - 1].copy()
-            self.watchdog.feed(time.monotonic())
+            if self.operator.active or not self.command(msg, actions, episode, due):
+                return               # the episode ended, or the operator took over, meanwhile
             self.stats["decisions"] += 1
-            self.chunk_index += 1
             if self.cfg.swap_between == "chunks":
                 self.swaps.apply_if_allowed()
         except Exception as e:  # noqa: BLE001 - a failed decision must not kill the node
@@ -213,6 +205,39 @@ class PolicyNode(Node):
             self.set_problem(f"inference failed: {e}")
         finally:
             self.busy.release()
+
+    def operate(self, obs, episode: EpisodeState, due: float) -> None:
+        """A decision under takeover: the operator's command, or a hold when it has none."""
+        try:
+            out = self.operator.decide(obs, episode, self.chunk_index, ActionLimits.previous(
+                self.action_names, self.joint_names, obs[1], self.last_command),
+                self.send_hold, self.instructions.get(episode.task_id, episode.task_id))
+            if isinstance(out, str):
+                self.problem = out               # said once, by the hold it sent
+            else:
+                self.command(*out, episode, due)
+        except Exception as e:  # noqa: BLE001 - a failed decision must not kill the node
+            self.set_problem(f"operator command failed: {e!r}")      # logged
+        finally:
+            self.busy.release()
+
+    def command(self, msg, actions: np.ndarray, episode: EpisodeState, due: float) -> bool:
+        """Stamp a chunk for when it starts on the arm and send it, unless the episode ended
+        or the node was disabled / e-stopped meanwhile."""
+        now = time.monotonic()
+        msg.header.stamp = (self.get_clock().now() + Duration(nanoseconds=int(
+            1e9 * (self.schedule.finished(due, now) - now)))).to_msg()
+        if self.episode.state != EpisodeState.RUNNING or self.episode.episode_id != \
+                episode.episode_id or not self.enabled or self.estop:
+            return False
+        self.pub_chunk.publish(msg)
+        if self.mode == "joint_trajectory":
+            self.pub_traj.publish(policy_io.trajectory(
+                self.action_names, actions[: self.n_exec], self.control_dt, msg.header.stamp))
+        self.last_command = self.last_sent = actions[self.n_exec - 1].copy()
+        self.watchdog.feed(time.monotonic())
+        self.chunk_index += 1
+        return True
 
     def send_hold(self, why: str) -> None:
         """Stop the arm where it is: an empty chunk (sim) / the current positions (controller)."""
@@ -246,22 +271,7 @@ class PolicyNode(Node):
     def swapped(self, p, held_ms: float) -> None:
         self.stats["swaps"] += 1
         self.stats["missed_by_swap"] += not self.between_groups() and held_ms > self.period * 1e3
-        self.publish_active()
-
-    def on_update(self, msg: AdapterUpdate) -> None:
-        if msg.adapter_name in self.tasks:
-            self.swaps.offer(msg.adapter_name, msg.version, msg.path, msg.sha256)
-
-    def on_select(self, req: SelectAdapter.Request, resp: SelectAdapter.Response):
-        resp.accepted, resp.message = self.swaps.select(req.adapter_name, req.version)
-        resp.active_version = self.runtime.versions.get(req.adapter_name, 0)
-        return resp
-
-    def publish_active(self) -> None:
-        adapter, version = self.runtime.active
-        msg = AdapterUpdate(adapter_name=adapter, version=version)
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.pub_active.publish(msg)
+        self.adapters.publish_active()
 
     # ----- diagnostics -----
     def set_problem(self, text: str) -> None:
@@ -270,21 +280,11 @@ class PolicyNode(Node):
         self.problem = text
 
     def publish_diagnostics(self) -> None:
-        adapter, version = self.runtime.active
         waiting = self.inputs.waiting_for()
         if waiting != self.waiting and waiting:
             self.get_logger().warning(f"waiting for {waiting}")
         self.waiting = waiting
-        values = self.stats | self.gc.values() | {"rejected": self.swaps.rejected,
-                                                  "late": self.schedule.late,
-                               "late_ms_max": round(self.schedule.late_s_max * 1e3, 1),
-                               "inference_queue": self.worker._work_queue.qsize(),
-                               "loader_queue": self.swaps.loader._work_queue.qsize(),
-                               "adapter": adapter, "version": version}
-        problems = [p for p in (self.problem, self.swaps.problem) if p]
-        self.pub_diag.publish(rc.diagnostics("policy_node", problems + (
-            [f"waiting for {waiting}"] if waiting else []), values,
-            self.get_clock().now().to_msg()))
+        self.pub_diag.publish(policy_io.diagnostics(self, waiting))
 
     def close(self) -> None:
         self.worker.shutdown(wait=True, cancel_futures=True)

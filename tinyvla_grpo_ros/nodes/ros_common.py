@@ -123,6 +123,28 @@ def numpy_to_image(img: np.ndarray, stamp, frame_id: str = "camera") -> Image:
     return msg
 
 
+def log_at(logger, level: str, text: str) -> None:
+    """Log at a severity named at run time ("error", "warning", else info): one call site per
+    severity, as rclpy refuses a call site whose severity changes."""
+    if level == "error":
+        logger.error(text)
+    elif level == "warning":
+        logger.warning(text)
+    else:
+        logger.info(text)
+
+
+def call(client, request, who: str, timeout_s: float = 30.0, wait_s: float = 2.0):
+    """A service call from a thread that is not the executor's (a panel request, a helper
+    thread): the response, or None when `who` does not serve it or does not answer."""
+    if not client.wait_for_service(timeout_sec=wait_s):
+        return None
+    done = threading.Event()
+    fut = client.call_async(request)
+    fut.add_done_callback(lambda _: done.set())
+    return fut.result() if done.wait(timeout_s) else None
+
+
 class BadImage(ValueError):
     pass
 
