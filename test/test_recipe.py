@@ -15,15 +15,17 @@ from tinyvla_grpo_ros.core.config import (
     PolicyNodeConfig,
     SamplerConfig,
 )
+from tinyvla_grpo_ros.core.corrections import OperatorConfig
 from tinyvla_grpo_ros.core.episode_machine import EpisodeManagerConfig
 from tinyvla_grpo_ros.core.model import TinyVLAPolicy
 from tinyvla_grpo_ros.core.recipe import add_arguments, from_arguments, settings
+from tinyvla_grpo_ros.core.takeover import TakeoverConfig
 from tinyvla_grpo_ros.launcher import node_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted((ROOT / "config").glob("*.yaml"))
-NODE_RECIPES = {"learner_node": (GRPOConfig,), "policy_node": (PolicyNodeConfig,),
-                "episode_manager_node": (EpisodeManagerConfig,)}
+NODE_RECIPES = {"learner_node": (GRPOConfig,), "policy_node": (PolicyNodeConfig, TakeoverConfig),
+                "episode_manager_node": (EpisodeManagerConfig,), "sim_node": (OperatorConfig,)}
 
 
 def sections(path):
@@ -31,7 +33,8 @@ def sections(path):
 
 
 def test_every_setting_has_a_help_and_its_default_passes_its_own_checks():
-    for cls in (GRPOConfig, SamplerConfig, PolicyNodeConfig, EpisodeManagerConfig):
+    for cls in (GRPOConfig, SamplerConfig, PolicyNodeConfig, EpisodeManagerConfig,
+                TakeoverConfig, OperatorConfig):
         fields = settings(cls)
         assert fields and all(s.help for s in fields)
         cls()                                            # the adopted defaults are valid

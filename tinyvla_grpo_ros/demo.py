@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sft-steps", type=int, default=3000)
     ap.add_argument("--goal-marker-radius", type=float, default=0.04,
                     help="goal drawn this wide, m (rendering only; Meta-World's is 0.02)")
+    ap.add_argument("--simulated-operator", action="store_true", help="the scripted expert "
+                    "corrects exploring episodes through policy_node's intervene (sim_node's "
+                    "simulated_operator); the table adds the share of steps it drove")
     ap.add_argument("--out", type=Path, default=Path("runs/demo"))
     ap.add_argument("--timeout-min", type=float, default=30.0)
     args = ap.parse_args(argv)
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_ids = list(range(EVAL_FIRST_ID, EVAL_FIRST_ID + args.eval_states)) or [-1]
     ov = {
         "sim_node": {"task": args.task, "pace": "fast",
-                     "goal_marker_radius": args.goal_marker_radius},
+                     "goal_marker_radius": args.goal_marker_radius,
+                     "simulated_operator": str(args.simulated_operator).lower()},
         "policy_node": {"checkpoint": ckpt, "tasks": f"[{args.task}]",
                         "adapter_root": run / "adapters"},
         "episode_manager_node": {"task": args.task, "group_size": args.group_size,
@@ -79,15 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     from .nodes.ros_common import LATCHED, LATCHED_HISTORY, RELIABLE
     node = rclpy.create_node("demo_monitor")
     explore, evals = defaultdict(list), defaultdict(list)
+    steps = defaultdict(lambda: [0, 0])          # per version: [corrected, all] control steps
     groups, state = [], {"state": EpisodeState(), "last": time.time()}
 
     def on_outcome(m: EpisodeOutcome) -> None:
         (evals if m.group_id.startswith("eval-") else explore)[m.adapter_version].append(m.success)
+        if not m.group_id.startswith("eval-"):
+            steps[m.adapter_version][0] += m.corrected_steps
+            steps[m.adapter_version][1] += m.step_count
         state["last"] = time.time()
         kind = "eval   " if m.group_id.startswith("eval-") else "explore"
         print(f"  [{time.time() - t0:6.0f} s] {kind} v{m.adapter_version:04d} init "
               f"{m.init_state_id:5d}: {'success' if m.success else 'failure'} "
-              f"({m.chunk_count} chunks)", flush=True)
+              f"({m.chunk_count} chunks" + (f", {m.corrected_steps} steps corrected"
+                                            if m.corrected_steps else "") + ")", flush=True)
 
     def on_update(m: AdapterUpdate) -> None:
         state["last"] = time.time()
@@ -128,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     versions = sorted(set(explore) | set(evals) | set(heldout))
     rows = [{"version": v, "explore_episodes": len(explore[v]),
              "explore_success": sum(explore[v]) / len(explore[v]) if explore[v] else None,
+             "corrected_step_share": steps[v][0] / steps[v][1] if steps[v][1] else None,
              "node_eval_episodes": len(evals[v]),
              "node_eval_success": sum(evals[v]) / len(evals[v]) if evals[v] else None,
              "heldout_states": len(heldout.get(v, [])),
@@ -140,10 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nsuccess rate per adapter version ({args.task}; explore = stochastic sampler, "
           f"through the nodes; held-out = deterministic, {args.heldout} init states never "
           "trained on, lock-step runner, 95% Wilson interval)")
-    print("| version | explore episodes | explore success | held-out success | 95% interval |")
-    print("|---|---|---|---|---|")
+    op = args.simulated_operator
+    print("| version | explore episodes | explore success | " + (
+        "steps corrected | " if op else "") + "held-out success | 95% interval |")
+    print("|---|---|---|---|---|" + ("---|" if op else ""))
     for r in rows:
         print(f"| v{r['version']:04d} | {r['explore_episodes']} | {fmt(r['explore_success'])} | "
+              + (f"{fmt(r['corrected_step_share'])} | " if op else "") +
               f"{fmt(r['heldout_success'])} | {ci(r['heldout_ci95'])} |")
     if len(heldout) >= 2:
         first, last = min(heldout), max(heldout)

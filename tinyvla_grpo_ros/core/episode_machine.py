@@ -31,6 +31,7 @@ import numpy as np
 
 from .config import GRPOConfig
 from .corrections import operator_chunks
+from .grpo import outcome_reward
 from .init_states import SAMPLING_MODES, latest_groups, pick_init_states
 from .recipe import check_ranges, same_as, setting
 from .regression_guard import RegressionGuard
@@ -328,7 +329,8 @@ class EpisodeMachine:
         outcome = {"episode_id": ep.episode_id, "group_id": self.group_id,
                    "task": self.cfg.task, "init_state_id": max(ep.init_state_id, 0),
                    "adapter_name": adapter, "adapter_version": version}
-        corrected = sum(f["executed"] for f in ep.op_frames)
+        corrected = sum(int(f["executed"]) for f in ep.op_frames)
+        steps = corrected + sum(int(f["executed"]) for f in ep.frames)
         if not ep.deterministic:
             try:
                 rec = episode_record(ep.frames, success=success, instruction=ep.instruction,
@@ -344,11 +346,11 @@ class EpisodeMachine:
         self.port.publish_outcome(outcome | {"success": success, "decided_by": decided_by,
                                              "duration_s": duration,
                                              "chunk_count": len(ep.frames),
-                                             "corrected_steps": corrected})
+                                             "reward": outcome_reward(success, corrected),
+                                             "corrected_steps": corrected, "step_count": steps})
         self.history[version]["eval" if ep.deterministic else "explore"].append(success)
-        steps = self.history[version]["steps"]
-        steps[0] += corrected
-        steps[1] += corrected + sum(int(f["executed"]) for f in ep.frames)
+        self.history[version]["steps"][0] += corrected
+        self.history[version]["steps"][1] += steps
         self.port.log("info", f"{'eval ' if ep.deterministic else ''}episode {ep.episode_id} "
                       f"v{version} init {ep.init_state_id}: "
                       f"{'success' if success else 'failure'} ({decided_by}, "

@@ -138,10 +138,11 @@ class EpisodeManagerNode(Node):
     def publish_outcome(self, o: dict) -> None:
         msg = EpisodeOutcome(
             episode_id=o["episode_id"], group_id=o["group_id"], task_id=o["task"],
-            init_state_id=o["init_state_id"], reward=1.0 if o["success"] else 0.0,
-            success=o["success"], decided_by=DECIDED[o["decided_by"]],
-            adapter_name=o["adapter_name"], adapter_version=o["adapter_version"],
-            duration_s=o["duration_s"], chunk_count=o["chunk_count"])
+            init_state_id=o["init_state_id"], reward=o["reward"], success=o["success"],
+            decided_by=DECIDED[o["decided_by"]], adapter_name=o["adapter_name"],
+            adapter_version=o["adapter_version"], duration_s=o["duration_s"],
+            chunk_count=o["chunk_count"], step_count=o["step_count"],
+            corrected_steps=o["corrected_steps"])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_outcome.publish(msg)
 

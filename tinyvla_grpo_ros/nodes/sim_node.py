@@ -11,6 +11,9 @@ Executes    the executed prefix of each ActionChunk on `action_chunk` (actions n
 Serves      reset_scene (ResetScene.srv): the same init_state_id gives the same scene;
             scripted_expert (std_srvs/SetBool): Meta-World's scripted expert drives the arm until
             the episode ends (for demonstrations and checks).
+Operator    with `simulated_operator`, Meta-World's scripted expert corrects the exploring
+            episodes through policy_node's intervene and operator_action (sim_operator.py;
+            thresholds: core/corrections.OperatorConfig).
 `pace`: "wall" steps at the control rate in wall time; "fast" steps as fast as it can (use with
 publish_clock and use_sim_time on the other nodes).
 """
@@ -30,8 +33,10 @@ from std_srvs.srv import SetBool
 from tinyvla_grpo_interfaces.msg import ActionChunk
 from tinyvla_grpo_interfaces.srv import ResetScene
 
+from ..core.corrections import OperatorConfig
 from ..sim.metaworld_scene import ACTION_NAMES, JOINT_NAMES, MetaWorldScene, expert_policy
-from .ros_common import LATCHED, RELIABLE, declare, numpy_to_image, run
+from .ros_common import LATCHED, RELIABLE, declare, declare_settings, numpy_to_image, run
+from .sim_operator import SimOperatorBridge
 
 
 class SimNode(Node):
@@ -49,12 +54,16 @@ class SimNode(Node):
         self.pace = declare(self, "pace", "wall", "wall (real time) or fast (as fast as it can)")
         self.publish_clock = declare(self, "publish_clock", False, "publish /clock (sim time)")
         idle_hz = declare(self, "idle_image_hz", 2.0, "image rate while no actions run", 0.0, 60.0)
+        simulated_operator = declare(self, "simulated_operator", False, "a simulated operator "
+                                     "(the scripted expert) corrects exploring episodes")
+        operator_cfg = OperatorConfig(**declare_settings(self, OperatorConfig))
         if self.pace not in ("wall", "fast"):
             raise ValueError(f"pace must be 'wall' or 'fast', got {self.pace!r}")
         self.scene = MetaWorldScene(task, image_size=size, camera=camera, max_steps=self.max_steps,
                                     goal_marker_radius=marker, render_quality=quality)
         self.lock = threading.Lock()
         self.queue: deque[np.ndarray] = deque()
+        self.queue_operator = False          # the queued actions are the operator's
         self.sim_time = 0.0
         self.pub_image = self.create_publisher(Image, "image_raw", qos_profile_sensor_data)
         self.pub_info = self.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)
@@ -68,6 +77,8 @@ class SimNode(Node):
         self.create_service(ResetScene, "reset_scene", self.on_reset)
         self.create_service(SetBool, "scripted_expert", self.on_expert)
         self.expert = None
+        self.operator = SimOperatorBridge(self, task, operator_cfg, self.publish_observation_now) \
+            if simulated_operator else None
         period = self.scene.dt if self.pace == "wall" else 0.0005
         self.create_timer(period, self.tick)
         if idle_hz > 0:
@@ -87,6 +98,7 @@ class SimNode(Node):
         with self.lock:
             self.queue.clear()
             self.queue.extend(acts[: msg.executed_steps])
+            self.queue_operator = bool(msg.operator_steps)
 
     def on_command(self, msg: Float64MultiArray) -> None:
         a = np.asarray(msg.data, np.float64)
@@ -126,6 +138,8 @@ class SimNode(Node):
             if self.scene.success or self.scene.steps >= self.max_steps:
                 self.queue.clear()
                 return
+            if self.expert is None and self.operator is not None:
+                self.operator.step(self.scene, self.queue[0], self.queue_operator)
             res = self.scene.step(self.queue.popleft())
             self.sim_time += self.scene.dt
             if self.pub_clock is not None:
@@ -139,11 +153,12 @@ class SimNode(Node):
                 self.pub_done.publish(Bool(data=True))
             if not self.queue or res.done:
                 self.queue.clear()
-                self.publish_image()            # decision point (or end of episode)
+                if self.operator is None or not self.operator.pending:
+                    self.publish_image()        # decision point (or end of episode)
 
     def idle_image(self) -> None:
         with self.lock:
-            if not self.queue:
+            if not self.queue and (self.operator is None or not self.operator.pending):
                 self.publish_image()
                 self.publish_joints()
 
@@ -154,6 +169,11 @@ class SimNode(Node):
 
     def stamp(self):
         return self.get_clock().now().to_msg()
+
+    def publish_observation_now(self) -> None:
+        """A decision point outside stepping (caller holds the lock)."""
+        self.publish_joints()
+        self.publish_image()
 
     def publish_observation(self) -> None:
         self.publish_success(self.scene.success)
