@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from . import atomic_io
 from .config import ModelConfig, SamplerConfig
-from .model import TinyVLAPolicy
+from .model import TinyVLAPolicy, build_model
 
 
 def save_checkpoint(directory: Path, model: TinyVLAPolicy,
@@ -80,7 +80,7 @@ def load_checkpoint(directory: Path, map_location: str | torch.device = "cpu"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no checkpoint at {directory} (config.json missing)")
     data = json.loads(cfg_path.read_text())
-    model = TinyVLAPolicy(ModelConfig.from_dict(data["model"]))
+    model = build_model(ModelConfig.from_dict(data["model"]))
     state = read_safetensors(directory / "model.safetensors")
     check_state_dict(model.state_dict(), state, f"checkpoint {directory}")
     model.load_state_dict(state, strict=True)

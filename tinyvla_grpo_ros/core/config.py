@@ -74,14 +74,33 @@ class ModelConfig:
     num_train_timesteps: int = 100          # T; Diffusion Policy uses 100
     beta_schedule: str = "squaredcos_cap_v2"
     clip_sample: bool = True                # clip predicted x0 to [-1, 1] (actions are normalized)
+    film_scale: bool = True                 # FiLM scale and bias (False: bias only)
+    # --- architecture: "tinyvla" (the fields above) or "diffusion_policy" (LeRobot's
+    # DiffusionPolicy: ResNet-18 + spatial-softmax per camera, state min/max, no language) ---
+    architecture: str = "tinyvla"
+    dp_keypoints: int = 32                  # spatial-softmax keypoints per camera
+    dp_backbone_norm: str = "batch"         # ResNet-18 norms: "batch" (frozen stats) or "group"
+    dp_separate_encoders: bool = True       # one image encoder per camera
+    dp_crop: int = 0                        # center crop side before the encoder (0: none)
 
     def __post_init__(self) -> None:
-        if self.vision not in ("cnn", "vit"):
+        if self.architecture not in ("tinyvla", "diffusion_policy"):
+            raise ValueError(f"architecture must be 'tinyvla' or 'diffusion_policy', got "
+                             f"{self.architecture!r}")
+        if self.architecture == "diffusion_policy":
+            if self.dp_backbone_norm not in ("batch", "group"):
+                raise ValueError("dp_backbone_norm must be 'batch' or 'group', got "
+                                 f"{self.dp_backbone_norm!r}")
+            if not 0 <= self.dp_crop <= self.image_size or self.dp_keypoints < 1:
+                raise ValueError(f"dp_crop must lie in [0, image_size], dp_keypoints >= 1; got "
+                                 f"{self.dp_crop}, {self.dp_keypoints}")
+        elif self.vision not in ("cnn", "vit"):
             raise ValueError(f"vision must be 'cnn' or 'vit', got {self.vision!r}")
-        if self.vision == "cnn" and self.image_size % (2 ** len(self.cnn_channels)):
+        tinyvla = self.architecture == "tinyvla"
+        if tinyvla and self.vision == "cnn" and self.image_size % (2 ** len(self.cnn_channels)):
             raise ValueError(f"image_size {self.image_size} must be divisible by "
                              f"2^len(cnn_channels) = {2 ** len(self.cnn_channels)}")
-        if self.vision == "vit" and self.image_size % self.vit_patch:
+        if tinyvla and self.vision == "vit" and self.image_size % self.vit_patch:
             raise ValueError(f"image_size {self.image_size} must be divisible by vit_patch")
         if self.lm_hidden % self.lm_heads:
             raise ValueError(f"lm_hidden {self.lm_hidden} must be divisible by lm_heads "

@@ -146,19 +146,25 @@ class Conv1dBlock(nn.Sequential):
 
 
 class ConditionalResidualBlock1D(nn.Module):
-    """Two conv blocks; FiLM (per-channel scale and bias from the condition) between them."""
+    """Two conv blocks; FiLM (per-channel scale and bias from the condition; bias only with
+    film_scale False) between them."""
 
-    def __init__(self, c_in: int, c_out: int, cond_dim: int, k: int, groups: int) -> None:
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, k: int, groups: int,
+                 film_scale: bool = True) -> None:
         super().__init__()
         self.blocks = nn.ModuleList([Conv1dBlock(c_in, c_out, k, groups),
                                      Conv1dBlock(c_out, c_out, k, groups)])
-        self.film = nn.Linear(cond_dim, 2 * c_out)
+        self.film_scale = film_scale
+        self.film = nn.Linear(cond_dim, (2 if film_scale else 1) * c_out)
         self.residual = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self.blocks[0](x)                                        # (B, C, Ta)
-        scale, bias = self.film(F.mish(cond)).unsqueeze(-1).chunk(2, dim=1)
-        h = self.blocks[1](scale * h + bias)
+        if self.film_scale:
+            scale, bias = self.film(F.mish(cond)).unsqueeze(-1).chunk(2, dim=1)
+            h = self.blocks[1](scale * h + bias)
+        else:
+            h = self.blocks[1](h + self.film(F.mish(cond)).unsqueeze(-1))
         return h + self.residual(x)
 
 
@@ -167,7 +173,7 @@ class ConditionalUnet1D(nn.Module):
 
     def __init__(self, cfg: ModelConfig, global_cond_dim: int) -> None:
         super().__init__()
-        dsed, k, g = cfg.step_embed_dim, cfg.kernel_size, cfg.n_groups
+        dsed, k, g, fs = cfg.step_embed_dim, cfg.kernel_size, cfg.n_groups, cfg.film_scale
         self.step_encoder = nn.Sequential(SinusoidalPosEmb(dsed), nn.Linear(dsed, 4 * dsed),
                                           nn.Mish(), nn.Linear(4 * dsed, dsed))
         cond_dim = dsed + global_cond_dim
@@ -177,17 +183,17 @@ class ConditionalUnet1D(nn.Module):
         for i, (a, b) in enumerate(pairs):
             last = i == len(pairs) - 1
             self.down.append(nn.ModuleList([
-                ConditionalResidualBlock1D(a, b, cond_dim, k, g),
-                ConditionalResidualBlock1D(b, b, cond_dim, k, g),
+                ConditionalResidualBlock1D(a, b, cond_dim, k, g, fs),
+                ConditionalResidualBlock1D(b, b, cond_dim, k, g, fs),
                 nn.Conv1d(b, b, 3, 2, 1) if not last else nn.Identity()]))
         mid = dims[-1]
-        self.mid = nn.ModuleList([ConditionalResidualBlock1D(mid, mid, cond_dim, k, g)
+        self.mid = nn.ModuleList([ConditionalResidualBlock1D(mid, mid, cond_dim, k, g, fs)
                                   for _ in range(2)])
         self.up = nn.ModuleList()
         for a, b in reversed(pairs[1:]):          # every up level undoes one down-sampling
             self.up.append(nn.ModuleList([
-                ConditionalResidualBlock1D(2 * b, a, cond_dim, k, g),
-                ConditionalResidualBlock1D(a, a, cond_dim, k, g),
+                ConditionalResidualBlock1D(2 * b, a, cond_dim, k, g, fs),
+                ConditionalResidualBlock1D(a, a, cond_dim, k, g, fs),
                 nn.ConvTranspose1d(a, a, 4, 2, 1)]))
         start = cfg.down_dims[0]
         self.final = nn.Sequential(Conv1dBlock(start, start, k, g),
@@ -257,3 +263,13 @@ class TinyVLAPolicy(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The network `cfg.architecture` names: TinyVLAPolicy, or (diffusion_policy) the
+    LeRobot-shaped DiffusionPolicyModel of core/dp_model.py; both encode(obs) -> cond and
+    forward(x_k, t, cond) -> eps, with a `normalizer` and a `head`."""
+    if cfg.architecture == "diffusion_policy":
+        from .dp_model import DiffusionPolicyModel
+        return DiffusionPolicyModel(cfg)
+    return TinyVLAPolicy(cfg)

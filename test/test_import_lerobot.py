@@ -1,0 +1,378 @@
+"""Importing a LeRobot DiffusionPolicy directory: parity with the source's own computation.
+
+The source directories are synthetic, in exactly LeRobot's layouts (v0.3: statistics inside
+model.safetensors; v0.4: policy_preprocessor / policy_postprocessor files), tiny, with random
+weights, their tensor names taken from the table below (LeRobot's modeling_diffusion module
+names). The reference forward is written here, functionally, over those names, as LeRobot's
+code computes it; it never goes through the package's modules.
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from tinyvla_grpo_ros.core.adapters import AdaptedPolicy, AdapterConfig
+from tinyvla_grpo_ros.core.checkpoint import load_checkpoint
+from tinyvla_grpo_ros.core.config import GRPOConfig
+from tinyvla_grpo_ros.core.learner import GRPOLearner
+from tinyvla_grpo_ros.core.model import Observation
+from tinyvla_grpo_ros.core.safe_load import SourceError
+from tinyvla_grpo_ros.core.sampler import DiffusionSampler
+from tinyvla_grpo_ros.core.synthetic import synthetic_groups
+from tinyvla_grpo_ros.import_policy import main as import_main
+from tinyvla_grpo_ros.importers.lerobot import export_lerobot, import_lerobot
+
+V04 = dict(layout="v0.4", cams=["observation.images.top", "observation.images.wrist"], S=64,
+           crop=56, kp=4, down=[16, 32], k=3, g=8, dsed=16, film_scale=True, group_norm=False,
+           separate=True, Ds=5, Da=3, horizon=8, n_action=4, sched="DDPM", K=None)
+V03 = dict(V04, layout="v0.3", cams=["observation.image"], crop=None, film_scale=False,
+           group_norm=True, separate=False, sched="DDIM", K=5)
+
+
+# ----- the source: LeRobot's tensor names and shapes -----
+def resnet18_names(pre: str, group_norm: bool) -> dict[str, tuple]:
+    def norm(p, c):
+        out = {f"{p}.weight": (c,), f"{p}.bias": (c,)}
+        if not group_norm:
+            out |= {f"{p}.running_mean": (c,), f"{p}.running_var": (c,),
+                    f"{p}.num_batches_tracked": ()}
+        return out
+    t = {f"{pre}0.weight": (64, 3, 7, 7)} | norm(f"{pre}1", 64)
+    c = 64
+    for layer, w in zip((4, 5, 6, 7), (64, 128, 256, 512)):
+        for b in (0, 1):
+            q, cin = f"{pre}{layer}.{b}.", c if b == 0 else w
+            t |= {q + "conv1.weight": (w, cin, 3, 3), q + "conv2.weight": (w, w, 3, 3)}
+            t |= norm(q + "bn1", w) | norm(q + "bn2", w)
+            if b == 0 and cin != w:
+                t |= {q + "downsample.0.weight": (w, cin, 1, 1)} | norm(q + "downsample.1", w)
+        c = w
+    return t
+
+
+def resblock_names(q: str, cin: int, cout: int, cond: int, c: dict) -> dict[str, tuple]:
+    t = {q + "conv1.block.0.weight": (cout, cin, c["k"]), q + "conv1.block.0.bias": (cout,),
+         q + "conv1.block.1.weight": (cout,), q + "conv1.block.1.bias": (cout,),
+         q + "cond_encoder.1.weight": (cout * (2 if c["film_scale"] else 1), cond),
+         q + "cond_encoder.1.bias": (cout * (2 if c["film_scale"] else 1),),
+         q + "conv2.block.0.weight": (cout, cout, c["k"]), q + "conv2.block.0.bias": (cout,),
+         q + "conv2.block.1.weight": (cout,), q + "conv2.block.1.bias": (cout,)}
+    if cin != cout:
+        t |= {q + "residual_conv.weight": (cout, cin, 1), q + "residual_conv.bias": (cout,)}
+    return t
+
+
+def feature_side(c: dict) -> int:
+    s = c["crop"] or c["S"]
+    for _ in range(5):                     # conv1 s2, maxpool s2, layers 2-4 s2 (k3/k7, pad)
+        s = (s - 1) // 2 + 1
+    return s
+
+
+def lerobot_tensors(c: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    names: dict[str, tuple] = {}
+    encoders = [f"diffusion.rgb_encoder.{i}." for i in range(len(c["cams"]))] \
+        if c["separate"] else ["diffusion.rgb_encoder."]
+    h = feature_side(c)
+    for e in encoders:
+        names |= resnet18_names(e + "backbone.", c["group_norm"])
+        names |= {e + "pool.nets.weight": (c["kp"], 512, 1, 1), e + "pool.nets.bias": (c["kp"],),
+                  e + "out.weight": (2 * c["kp"], 2 * c["kp"]), e + "out.bias": (2 * c["kp"],)}
+    u, dsed = "diffusion.unet.", c["dsed"]
+    cond = dsed + c["Ds"] + len(c["cams"]) * 2 * c["kp"]
+    names |= {u + "diffusion_step_encoder.1.weight": (4 * dsed, dsed),
+              u + "diffusion_step_encoder.1.bias": (4 * dsed,),
+              u + "diffusion_step_encoder.3.weight": (dsed, 4 * dsed),
+              u + "diffusion_step_encoder.3.bias": (dsed,)}
+    in_out = [(c["Da"], c["down"][0])] + list(zip(c["down"][:-1], c["down"][1:]))
+    for i, (a, b) in enumerate(in_out):
+        names |= resblock_names(f"{u}down_modules.{i}.0.", a, b, cond, c)
+        names |= resblock_names(f"{u}down_modules.{i}.1.", b, b, cond, c)
+        if i < len(in_out) - 1:
+            names |= {f"{u}down_modules.{i}.2.weight": (b, b, 3), f"{u}down_modules.{i}.2.bias":
+                      (b,)}
+    for j in range(2):
+        names |= resblock_names(f"{u}mid_modules.{j}.", c["down"][-1], c["down"][-1], cond, c)
+    for i, (out, inn) in enumerate(reversed(in_out[1:])):
+        names |= resblock_names(f"{u}up_modules.{i}.0.", inn * 2, out, cond, c)
+        names |= resblock_names(f"{u}up_modules.{i}.1.", out, out, cond, c)
+        names |= {f"{u}up_modules.{i}.2.weight": (out, out, 4), f"{u}up_modules.{i}.2.bias":
+                  (out,)}
+    d0 = c["down"][0]
+    names |= {u + "final_conv.0.block.0.weight": (d0, d0, c["k"]),
+              u + "final_conv.0.block.0.bias": (d0,), u + "final_conv.0.block.1.weight": (d0,),
+              u + "final_conv.0.block.1.bias": (d0,), u + "final_conv.1.weight": (c["Da"], d0, 1),
+              u + "final_conv.1.bias": (c["Da"],)}
+    t = {}
+    for k, shape in names.items():
+        if k.endswith("num_batches_tracked"):
+            t[k] = torch.tensor(100, dtype=torch.long)
+        elif k.endswith("running_var"):
+            t[k] = torch.rand(shape, generator=g) + 0.5
+        elif k.endswith("running_mean"):
+            t[k] = torch.randn(shape, generator=g) * 0.1
+        else:
+            fan = max(1, math.prod(shape[1:]))
+            t[k] = torch.randn(shape, generator=g) / math.sqrt(fan) + (
+                1.0 if k.endswith(("bn1.weight", "bn2.weight", "block.1.weight")) else 0.0)
+    gx, gy = np.meshgrid(np.linspace(-1.0, 1.0, h), np.linspace(-1.0, 1.0, h))
+    grid = torch.from_numpy(np.stack([gx.reshape(-1), gy.reshape(-1)], 1)).float()
+    for e in encoders:
+        t[e + "pool.pos_grid"] = grid.clone()
+    return t
+
+
+def lerobot_stats(c: dict, seed: int = 1) -> dict[str, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    lo = -torch.rand(c["Ds"], generator=g) - 0.5
+    alo = -torch.rand(c["Da"], generator=g) - 0.2
+    return {"observation.state": {"min": lo, "max": lo + 1 + torch.rand(c["Ds"], generator=g)},
+            "action": {"min": alo, "max": alo + 0.5 + torch.rand(c["Da"], generator=g)}} | {
+        cam: {"mean": torch.rand(3, 1, 1, generator=g) * 0.5 + 0.25,
+              "std": torch.rand(3, 1, 1, generator=g) * 0.2 + 0.1} for cam in c["cams"]}
+
+
+def write_lerobot_dir(tmp, c: dict, tensors=None, stats=None, config_overrides=None):
+    d = tmp / f"lerobot_{c['layout']}"
+    d.mkdir(parents=True, exist_ok=True)
+    tensors = dict(lerobot_tensors(c) if tensors is None else tensors)
+    stats = lerobot_stats(c) if stats is None else stats
+    config = {"type": "diffusion", "n_obs_steps": 1, "horizon": c["horizon"],
+              "n_action_steps": c["n_action"],
+              "input_features": {"observation.state": {"type": "STATE", "shape": [c["Ds"]]}} | {
+                  cam: {"type": "VISUAL", "shape": [3, c["S"], c["S"]]} for cam in c["cams"]},
+              "output_features": {"action": {"type": "ACTION", "shape": [c["Da"]]}},
+              "normalization_mapping": {"VISUAL": "MEAN_STD", "STATE": "MIN_MAX",
+                                        "ACTION": "MIN_MAX"},
+              "vision_backbone": "resnet18", "resize_shape": None,
+              "crop_shape": [c["crop"], c["crop"]] if c["crop"] else None,
+              "crop_is_random": True, "pretrained_backbone_weights": None,
+              "use_group_norm": c["group_norm"], "spatial_softmax_num_keypoints": c["kp"],
+              "use_separate_rgb_encoder_per_camera": c["separate"], "down_dims": c["down"],
+              "kernel_size": c["k"], "n_groups": c["g"], "diffusion_step_embed_dim": c["dsed"],
+              "use_film_scale_modulation": c["film_scale"],
+              "noise_scheduler_type": c["sched"], "num_train_timesteps": 100,
+              "beta_schedule": "squaredcos_cap_v2", "beta_start": 0.0001, "beta_end": 0.02,
+              "prediction_type": "epsilon", "clip_sample": True, "clip_sample_range": 1.0,
+              "num_inference_steps": c["K"]} | (config_overrides or {})
+    if c["layout"] == "v0.3":
+        for f, d_ in stats.items():
+            key = "buffer_" + f.replace(".", "_")
+            prefixes = ["normalize_targets.", "unnormalize_outputs."] if f == "action" \
+                else ["normalize_inputs."]
+            for p in prefixes:
+                for st, v in d_.items():
+                    tensors[f"{p}{key}.{st}"] = v.clone()
+    else:
+        flat = {f"{f}.{st}": v for f, d_ in stats.items() for st, v in d_.items()}
+        save_file(flat, str(d / "policy_preprocessor_step_3_normalizer_processor.safetensors"))
+        save_file({k: v for k, v in flat.items() if k.startswith("action.")},
+                  str(d / "policy_postprocessor_step_0_unnormalizer_processor.safetensors"))
+        (d / "policy_preprocessor.json").write_text(json.dumps({"name": "policy_preprocessor",
+            "steps": [{"registry_name": "rename_observations_processor", "config": {}},
+                      {"registry_name": "normalizer_processor", "config": {}, "state_file":
+                       "policy_preprocessor_step_3_normalizer_processor.safetensors"}]}))
+        (d / "policy_postprocessor.json").write_text(json.dumps({"name": "policy_postprocessor",
+            "steps": [{"registry_name": "unnormalizer_processor", "config": {}, "state_file":
+                       "policy_postprocessor_step_0_unnormalizer_processor.safetensors"}]}))
+    save_file(tensors, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps(config))
+    return d
+
+
+# ----- the reference: LeRobot's computation over its own tensor names -----
+def ref_norm(P, p, x, group_norm):
+    if group_norm:
+        return F.group_norm(x, P[p + ".weight"].numel() // 16, P[p + ".weight"], P[p + ".bias"])
+    return F.batch_norm(x, P[p + ".running_mean"], P[p + ".running_var"], P[p + ".weight"],
+                        P[p + ".bias"], training=False, eps=1e-5)
+
+
+def ref_encoder(P, e, x, c):
+    gn = c["group_norm"]
+    x = F.relu(ref_norm(P, e + "backbone.1", F.conv2d(x, P[e + "backbone.0.weight"], stride=2,
+                                                      padding=3), gn))
+    x = F.max_pool2d(x, 3, 2, 1)
+    for layer, stride in zip((4, 5, 6, 7), (1, 2, 2, 2)):
+        for b in (0, 1):
+            q, s = f"{e}backbone.{layer}.{b}.", stride if b == 0 else 1
+            out = F.relu(ref_norm(P, q + "bn1", F.conv2d(x, P[q + "conv1.weight"], stride=s,
+                                                         padding=1), gn))
+            out = ref_norm(P, q + "bn2", F.conv2d(out, P[q + "conv2.weight"], padding=1), gn)
+            idn = ref_norm(P, q + "downsample.1", F.conv2d(x, P[q + "downsample.0.weight"],
+                                                           stride=s), gn) \
+                if q + "downsample.0.weight" in P else x
+            x = F.relu(out + idn)
+    f = F.conv2d(x, P[e + "pool.nets.weight"], P[e + "pool.nets.bias"])
+    attn = f.reshape(-1, f.shape[2] * f.shape[3]).softmax(-1)
+    kp = (attn @ P[e + "pool.pos_grid"]).reshape(x.shape[0], -1)
+    return F.relu(F.linear(kp, P[e + "out.weight"], P[e + "out.bias"]))
+
+
+def ref_block(P, q, x, k):
+    x = F.conv1d(x, P[q + ".block.0.weight"], P[q + ".block.0.bias"], padding=k // 2)
+    return F.mish(F.group_norm(x, 8, P[q + ".block.1.weight"], P[q + ".block.1.bias"]))
+
+
+def ref_res(P, q, x, cond, c):
+    out = ref_block(P, q + "conv1", x, c["k"])
+    emb = F.linear(F.mish(cond), P[q + "cond_encoder.1.weight"], P[q + "cond_encoder.1.bias"])
+    emb = emb[..., None]
+    n = out.shape[1]
+    out = emb[:, :n] * out + emb[:, n:] if c["film_scale"] else out + emb
+    out = ref_block(P, q + "conv2", out, c["k"])
+    res = F.conv1d(x, P[q + "residual_conv.weight"], P[q + "residual_conv.bias"]) \
+        if q + "residual_conv.weight" in P else x
+    return out + res
+
+
+def ref_eps(P, stats, c, images, state, x, t):
+    """LeRobot's eps prediction: images (B, Nc, H, W, 3) uint8, state (B, Ds), x (B, Ta, Da)."""
+    B = images.shape[0]
+    feats = []
+    for i, cam in enumerate(c["cams"]):
+        img = images[:, i].permute(0, 3, 1, 2).float() / 255.0
+        img = (img - stats[cam]["mean"]) / (stats[cam]["std"] + 1e-8)
+        if c["crop"]:
+            top = int(round((c["S"] - c["crop"]) / 2.0))
+            img = img[..., top:top + c["crop"], top:top + c["crop"]]
+        e = f"diffusion.rgb_encoder.{i}." if c["separate"] else "diffusion.rgb_encoder."
+        feats.append(ref_encoder(P, e, img, c))
+    smin, smax = stats["observation.state"]["min"], stats["observation.state"]["max"]
+    gcond = torch.cat([2 * (state - smin) / (smax - smin) - 1] + feats, dim=-1)
+    half = c["dsed"] // 2
+    freq = torch.exp(torch.arange(half) * -(math.log(10000) / (half - 1)))
+    arg = t.float()[:, None] * freq[None]
+    u = "diffusion.unet."
+    temb = F.linear(F.mish(F.linear(torch.cat([arg.sin(), arg.cos()], -1),
+                                    P[u + "diffusion_step_encoder.1.weight"],
+                                    P[u + "diffusion_step_encoder.1.bias"])),
+                    P[u + "diffusion_step_encoder.3.weight"],
+                    P[u + "diffusion_step_encoder.3.bias"])
+    cond = torch.cat([temb, gcond], -1)
+    h, skips = x.transpose(1, 2), []
+    n_down = len(c["down"])
+    for i in range(n_down):
+        h = ref_res(P, f"{u}down_modules.{i}.1.", ref_res(P, f"{u}down_modules.{i}.0.", h, cond,
+                                                           c), cond, c)
+        skips.append(h)
+        if i < n_down - 1:
+            h = F.conv1d(h, P[f"{u}down_modules.{i}.2.weight"], P[f"{u}down_modules.{i}.2.bias"],
+                         stride=2, padding=1)
+    for j in range(2):
+        h = ref_res(P, f"{u}mid_modules.{j}.", h, cond, c)
+    for i in range(n_down - 1):
+        h = torch.cat([h, skips.pop()], 1)
+        h = ref_res(P, f"{u}up_modules.{i}.1.", ref_res(P, f"{u}up_modules.{i}.0.", h, cond, c),
+                    cond, c)
+        h = F.conv_transpose1d(h, P[f"{u}up_modules.{i}.2.weight"], P[f"{u}up_modules.{i}.2.bias"],
+                               stride=2, padding=1)
+    h = ref_block(P, u + "final_conv.0", h, c["k"])
+    h = F.conv1d(h, P[u + "final_conv.1.weight"], P[u + "final_conv.1.bias"])
+    assert h.shape[0] == B
+    return h.transpose(1, 2)
+
+
+def obs_for(c, B=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Observation(torch.randint(0, 256, (B, len(c["cams"]), c["S"], c["S"], 3), generator=g,
+                                     dtype=torch.uint8), torch.randn((B, c["Ds"]), generator=g),
+                       ["ignored"] * B)
+
+
+@pytest.mark.parametrize("c", [V04, V03], ids=["v0.4-batchnorm-2cams", "v0.3-groupnorm"])
+def test_imported_noise_prediction_matches_lerobots_computation(tmp_path, c):
+    src = write_lerobot_dir(tmp_path, c)
+    model, scfg, meta = import_lerobot(src)
+    P, stats = lerobot_tensors(c), lerobot_stats(c)
+    obs = obs_for(c)
+    x = torch.randn(3, c["horizon"], c["Da"], generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0, 37, 99])
+    with torch.no_grad():
+        ours = model(x, t, model.encode(obs))
+        ref = ref_eps(P, stats, c, obs.images, obs.state, x, t)
+    assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-5), (ours - ref).abs().max()
+    assert scfg.scheduler == c["sched"].lower() and scfg.executed_steps == c["n_action"]
+    assert scfg.num_inference_steps == (c["K"] or 100) and meta["cameras"] == c["cams"]
+    # actions unnormalize with the file's statistics
+    sampler = DiffusionSampler(model.config, scfg)
+    chunk = sampler.sample(model, obs, deterministic=True)
+    lo, hi = stats["action"]["min"], stats["action"]["max"]
+    x0 = chunk.chain[:, -1]
+    assert torch.allclose(chunk.actions, (x0 + 1) / 2 * (hi - lo) + lo, atol=1e-6)
+
+
+def test_sampling_rescoring_and_one_grpo_update_touch_only_the_adapter(tmp_path):
+    c = dict(V03, K=4)
+    model, scfg, _ = import_lerobot(write_lerobot_dir(tmp_path, c))
+    scfg = type(scfg)(**{**scfg.to_dict(), "stochastic_steps": 2})
+    sampler = DiffusionSampler(model.config, scfg)
+    policy = AdaptedPolicy(model, AdapterConfig(preset="adapters", rank=2), ["pick"])
+    obs = obs_for(c, B=2)
+    chunk = sampler.sample(policy.model, obs, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(chunk.log_probs).all()
+    again = sampler.chain_log_prob(policy.model, obs, chunk.chain)
+    assert torch.allclose(torch.exp(again - chunk.log_probs), torch.ones_like(again), atol=1e-5)
+    before = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    learner = GRPOLearner(policy, sampler, GRPOConfig(
+        group_size=4, lr=1e-2, epochs=1, minibatch_size=4, micro_batch_size=4, target_kl=0.0,
+        warmup_steps=0, device="cpu"))
+    assert learner.update(synthetic_groups(policy, sampler, n_groups=1)).optimizer_steps
+    after = policy.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".lora_" in k for k in changed), sorted(changed)[:4]
+
+
+def test_the_cli_writes_a_checkpoint_every_node_loads_and_export_round_trips(tmp_path):
+    src = write_lerobot_dir(tmp_path, V04)
+    assert import_main([str(src), str(tmp_path / "ckpt")]) == 0
+    model, scfg, meta = load_checkpoint(tmp_path / "ckpt")
+    direct, _, _ = import_lerobot(src)
+    obs, x, t = obs_for(V04), torch.randn(3, 8, 3), torch.tensor([1, 2, 3])
+    with torch.no_grad():
+        assert torch.equal(model(x, t, model.encode(obs)), direct(x, t, direct.encode(obs)))
+    for layout in ("v0.3", "v0.4"):               # export, import again: the same tensors
+        back, scfg2, _ = import_lerobot(export_lerobot(model, scfg, tmp_path / layout,
+                                                       meta["cameras"], layout))
+        assert scfg2.to_dict() == scfg.to_dict()
+        sd, sd2 = model.state_dict(), back.state_dict()
+        assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd
+                                               if not k.startswith("normalizer.state_"))
+
+
+@pytest.mark.parametrize("edit,words", [
+    ({"config": {"n_obs_steps": 2}}, "n_obs_steps = 2 is not supported: observation history"),
+    ({"config": {"vision_backbone": "resnet34"}}, "vision_backbone = 'resnet34'"),
+    ({"config": {"prediction_type": "sample"}}, "prediction_type = 'sample'"),
+    ({"nan": "diffusion.unet.final_conv.1.weight"},
+     "model.safetensors: tensor 'diffusion.unet.final_conv.1.weight' is not finite"),
+    ({"drop": "diffusion.unet.mid_modules.0.conv1.block.0.weight"},
+     "tensor 'diffusion.unet.mid_modules.0.conv1.block.0.weight' is missing"),
+    ({"shape": "diffusion.rgb_encoder.pool.out.weight"}, None),
+    ({"extra": "diffusion.unet.something_new.weight"},
+     "neither used nor known to be ignorable, e.g. ['diffusion.unet.something_new.weight']"),
+], ids=["history", "backbone", "prediction", "nan", "missing", "shape", "extra"])
+def test_what_cannot_be_imported_is_refused_by_name_and_nothing_is_written(tmp_path, edit, words):
+    c = V03
+    tensors = lerobot_tensors(c)
+    if "nan" in edit:
+        tensors[edit["nan"]] = tensors[edit["nan"]].clone().fill_(float("nan"))
+    if "drop" in edit:
+        del tensors[edit["drop"]]
+    if "shape" in edit:
+        tensors["diffusion.rgb_encoder.out.weight"] = torch.zeros(3, 3)
+        words = ("tensor 'diffusion.rgb_encoder.out.weight' has shape (3, 3), the model needs "
+                 "(8, 8)")
+    if "extra" in edit:
+        tensors[edit["extra"]] = torch.zeros(2)
+    src = write_lerobot_dir(tmp_path, c, tensors=tensors, config_overrides=edit.get("config"))
+    with pytest.raises(SourceError, match=None) as e:
+        import_lerobot(src)
+    assert words in str(e.value)
+    assert import_main([str(src), str(tmp_path / "ckpt")]) == 2
+    assert not (tmp_path / "ckpt").exists()

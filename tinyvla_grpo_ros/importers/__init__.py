@@ -1,0 +1,1 @@
+"""Importers of policies trained elsewhere into this package's checkpoint format."""
