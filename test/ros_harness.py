@@ -118,9 +118,11 @@ class SensorFeed:
         self.pub_img.publish(img)
 
 
-def launch_policy_node(tmp_path: Path, executed_steps: int = 4, **params):
-    """policy_node alone (sim_loop.yaml) on a fresh tiny checkpoint, its log in tmp_path;
-    returns (launch, checkpoint). params override the node's parameters (as strings)."""
+def launch_policy_node(tmp_path: Path, executed_steps: int = 4, checkpoint: Path | None = None,
+                       **params):
+    """policy_node alone (sim_loop.yaml) on a fresh tiny checkpoint (or `checkpoint`), its log
+    in tmp_path; returns (launch, checkpoint). params override the node's parameters (as
+    strings)."""
     import torch
 
     from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
@@ -129,8 +131,8 @@ def launch_policy_node(tmp_path: Path, executed_steps: int = 4, **params):
     from tinyvla_grpo_ros.launcher import Launch
     torch.manual_seed(0)
     cfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
-    ckpt = save_checkpoint(tmp_path / "sft", TinyVLAPolicy(cfg),
-                           SamplerConfig(executed_steps=executed_steps))
+    ckpt = checkpoint or save_checkpoint(tmp_path / "sft", TinyVLAPolicy(cfg),
+                                         SamplerConfig(executed_steps=executed_steps))
     return Launch(ROOT / "config" / "sim_loop.yaml", {"policy_node": {
         "checkpoint": str(ckpt), "adapter_root": str(tmp_path / "adapters"),
         "trainable_preset": "adapters", "executed_steps": str(executed_steps)} | params},

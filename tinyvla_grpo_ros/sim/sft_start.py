@@ -22,7 +22,7 @@ import torch
 from ..core.checkpoint import load_checkpoint, save_checkpoint
 from ..core.config import ModelConfig, SamplerConfig, SFTConfig
 from ..core.demos import load_demos
-from ..core.model import TinyVLAPolicy
+from ..core.model import build_model
 from ..core.sampler import DiffusionSampler
 from ..core.sft import train_sft
 from .metaworld_scene import ACTION_NAMES, JOINT_NAMES
@@ -47,9 +47,14 @@ def build_sft_start(task: str = "reach-v3", demos: int = 60, steps: int = 3000,
                     preset: str = "tiny", eval_episodes: int = 20, seed: int = 0,
                     cache: Path = Path("cache/sft"), executed_steps: int = 4,
                     camera: str = "corner2", goal_marker_radius: float = 0.0,
-                    render_quality: str = "fast") -> Path:
+                    render_quality: str = "fast", architecture: str = "tinyvla") -> Path:
+    """architecture "diffusion_policy": the LeRobot-shaped model (core/dp_model.py, GroupNorm
+    ResNet-18 trained from scratch) instead of the TinyVLA-style one."""
     settings = dict(task=task, demos=demos, steps=steps, preset=preset, seed=seed,
                     eval_episodes=eval_episodes, executed_steps=executed_steps, format=3)
+    arch = {} if architecture == "tinyvla" else dict(
+        architecture=architecture, dp_keypoints=16, dp_backbone_norm="group")
+    settings.update(arch)
     scene_kw = dict(camera=camera, goal_marker_radius=goal_marker_radius,
                     render_quality=render_quality)
     settings.update(scene_kw)
@@ -59,14 +64,15 @@ def build_sft_start(task: str = "reach-v3", demos: int = 60, steps: int = 3000,
         print(f"[sft_start] cached: {out}")
         return out
     t0 = time.time()
-    mcfg = ModelConfig.preset(preset, state_dim=len(JOINT_NAMES), action_dim=len(ACTION_NAMES))
+    mcfg = ModelConfig.preset(preset, state_dim=len(JOINT_NAMES), action_dim=len(ACTION_NAMES),
+                              **arch)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"[sft_start] recording {demos} expert demonstrations of {task} ...", flush=True)
     record_expert_demos(task, demos, tmp / "demos", image_size=mcfg.image_size,
                         decision_every=executed_steps, **scene_kw)
     torch.manual_seed(seed)
-    model = TinyVLAPolicy(mcfg)
+    model = build_model(mcfg)
     train_sft(model, load_demos(tmp / "demos"), SFTConfig(steps=steps, seed=seed),
               log_path=tmp / "sft_loss.csv")
     scfg = SamplerConfig(executed_steps=executed_steps)
