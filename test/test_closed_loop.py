@@ -3,7 +3,6 @@
 Tiny untrained model, G=4, two groups. The test plays the operator (marks alternate success /
 failure, so every group has reward variance), and SIGKILLs the episode manager mid-group.
 """
-import os
 import signal
 import time
 from pathlib import Path
@@ -65,6 +64,9 @@ def test_closed_loop_learns_swaps_and_survives_a_killed_episode_manager(tmp_path
     ckpt = save_checkpoint(tmp_path / "sft", TinyVLAPolicy(mcfg),
                            SamplerConfig(executed_steps=4))
     (tmp_path / "logs").mkdir()
+    (tmp_path / "adapters").mkdir()          # metrics of an older release, other columns
+    (tmp_path / "adapters" / "learner_metrics.csv").write_text(
+        "task,version,group_id,loss\nreach-v3,7,old-group,0.5\n")
     ov = overrides(tmp_path, ckpt)
     launch = Launch(ROOT / "config" / "sim_loop.yaml", ov, log_dir=tmp_path / "logs")
     client = Client("operator")
@@ -172,4 +174,9 @@ def test_closed_loop_learns_swaps_and_survives_a_killed_episode_manager(tmp_path
     # and swaps land between groups (above). bench_nodes.py measures missed_decisions, and
     # missed_decisions_by_swap, during swaps between chunks at the full decision rate.
     assert seen["missed"] and seen["missed_by_swap"]
-    assert os.path.isfile(tmp_path / "adapters" / "learner_metrics.csv")
+    # the new rows come under a header of their own columns, after the old release's rows
+    lines = (tmp_path / "adapters" / "learner_metrics.csv").read_text().splitlines()
+    heads = [i for i, ln in enumerate(lines) if ln.startswith("task,version,group_id")]
+    assert heads[0] == 0 and len(heads) == 2 and "approx_kl" in lines[heads[1]].split(",")
+    assert all(len(ln.split(",")) == len(lines[heads[1]].split(",")) for ln in lines[2:]
+               if not ln.startswith("task,"))

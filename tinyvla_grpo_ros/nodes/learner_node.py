@@ -131,15 +131,21 @@ class LearnerNode(Node):
                 self.pending.put((task, gid))
         self.publish(task, parent=None, metrics={})
 
-    def _metric_lines(self) -> list[str]:
+    def _metric_lines(self, all_lines: bool = False) -> list[str]:
         if not self.metrics_path.is_file():
             return []
         try:
-            return self.metrics_path.read_text(errors="replace").splitlines()[1:]
+            return self.metrics_path.read_text(errors="replace").splitlines()[
+                0 if all_lines else 1:]
         except OSError as e:
             self.get_logger().error(f"{self.metrics_path}: not readable ({e}); learning from "
                                     "every stored group of the current version again")
             return []
+
+    def _last_header(self) -> list[str]:
+        heads = [ln for ln in self._metric_lines(all_lines=True)
+                 if ln.startswith("task,version,group_id")]
+        return heads[-1].split(",") if heads else []
 
     def on_group(self, msg: GroupReady) -> None:
         if msg.task_id not in self.tasks or msg.group_id in self.learned:
@@ -194,11 +200,11 @@ class LearnerNode(Node):
         save_adapter_version(self.policy, self.root, version, parent, metrics)
         self.versions[task] = version
         self.learned.update(group_ids)
-        new_file = not self.metrics_path.is_file()
+        header = ["task", "version", "group_id"] + list(metrics)
         with open(self.metrics_path, "a", newline="") as f:
             w = csv.writer(f)
-            if new_file:
-                w.writerow(["task", "version", "group_id"] + list(metrics))
+            if header != self._last_header():    # a new file, or other metric columns
+                w.writerow(header)
             for g in group_ids:
                 w.writerow([task, version, g] + [f"{v:.6g}" for v in metrics.values()])
         self.get_logger().info(
