@@ -36,7 +36,7 @@ EVAL_FIRST = 30000          # held-out init states (demos use 0..demos-1)
 def evaluate(ckpt: Path, states: list[int], marker: float) -> tuple[list[bool], list]:
     model, scfg, _ = load_checkpoint(ckpt)
     torch.set_num_threads(1)
-    sampler = DiffusionSampler(model.config, scfg)
+    sampler = DiffusionSampler(model.config, scfg, sft_model=model)
     actions = []
     orig = sampler.sample
 

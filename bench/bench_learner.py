@@ -39,9 +39,9 @@ def child(kind: str, preset: str) -> dict:
     torch.manual_seed(0)
     name = "tiny" if kind == "learner" else "tinyvla_s"
     mcfg = ModelConfig.preset(name)
-    policy = AdaptedPolicy(TinyVLAPolicy(mcfg), AdapterConfig(preset=preset), ["task"])
-    policy.model.to(dev)
-    sampler = DiffusionSampler(mcfg, SamplerConfig(stochastic_steps=3))
+    model = TinyVLAPolicy(mcfg).to(dev)
+    sampler = DiffusionSampler(mcfg, SamplerConfig(stochastic_steps=3), sft_model=model)
+    policy = AdaptedPolicy(model, AdapterConfig(preset=preset), ["task"])
     G = 8 if kind == "learner" else 2
     groups = make_groups(policy, sampler, n_groups=1 if kind == "memory" else 2, G=G)
     for g in groups:

@@ -49,7 +49,9 @@ def run_spec(args, preset: str) -> dict:
                           kl_coef=args.kl_coef if preset == "adapters" else 0.0)
     run = from_arguments(RunConfig, args, preset=preset)
     sampler = {f.name: getattr(args, f.name) for f in settings(SamplerConfig, SamplerConfig.RECIPE)
-               if hasattr(args, f.name)}           # the checkpoint's values unless given
+               if hasattr(args, f.name)}           # the checkpoint's values unless given ...
+    for name in SamplerConfig.ADOPTED:             # ... but the recipe's, named in the spec
+        sampler.setdefault(name, getattr(SamplerConfig(), name))
     SamplerConfig(**sampler)                       # checks the overrides' ranges
     return {"grpo": asdict(grpo), "run": asdict(run), "sampler": sampler}
 
@@ -71,10 +73,35 @@ def child(args) -> None:
     out.write_text(json.dumps(res, indent=1))
 
 
+LEGACY = {"frozen_prefix": False, "sft_weight": 0.0, "policy_gradient": True}
+
+
+def same_recipe(stored: dict, spec: dict) -> bool:
+    """A stored run is reused only when it ran this recipe. How often the cell is evaluated
+    does not count: evaluations draw from their own generators, so the training, the SFT and
+    the final figures are the same whatever the cadence (only the curve has fewer points). A
+    setting the stored run does not list did not exist when it ran; the run is taken as made
+    with the value that keeps the old behaviour (LEGACY; any value of the others does, e.g.
+    correction_weight without an operator)."""
+    cadence = ("eval_every",)
+
+    def same(part: str) -> bool:
+        have = stored.get(part) or {}
+        return all(have.get(k, LEGACY.get(k, v)) == v for k, v in spec[part].items()
+                   if k not in cadence)
+    return same("grpo") and same("run") and same("sampler") and \
+        stored.get("operator") == spec.get("operator")
+
+
 def run_one(job: dict, args) -> dict:
     out = Path(job["out"])
     if out.is_file() and not args.rerun:
-        return json.loads(out.read_text())
+        stored = json.loads(out.read_text())
+        if same_recipe(stored, job["spec"]):
+            return stored
+        print(f"{out.name}: stored with another recipe; kept as .stale.json, running again",
+              flush=True)
+        out.replace(out.with_suffix(".stale.json"))
     cmd = [sys.executable, __file__, "--child-task", job["task"], "--child-seed",
            str(job["seed"]), "--child-ckpt", job["ckpt"], "--child-out", str(out),
            "--child-spec", json.dumps(job["spec"])]

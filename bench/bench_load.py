@@ -89,7 +89,7 @@ def learner_child() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = TinyVLAPolicy(ModelConfig.preset("tiny", state_dim=9, action_dim=4))
-    sampler = DiffusionSampler(model.config, SamplerConfig(executed_steps=4))
+    sampler = DiffusionSampler(model.config, SamplerConfig(executed_steps=4), sft_model=model)
     policy = AdaptedPolicy(model, AdapterConfig(preset="adapters+head+norms"), ["reach-v3"])
     learner = GRPOLearner(policy, sampler, GRPOConfig(device="cpu", target_kl=0.0))
     groups = [g for k in range(16) for g in synthetic_groups(policy, sampler, 1, 8, seed=k,

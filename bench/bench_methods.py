@@ -79,23 +79,6 @@ def method_spec(base: dict, overrides: dict) -> dict:
     return spec
 
 
-def same_recipe(stored: dict, spec: dict) -> bool:
-    """A stored run is reused only when it ran this recipe. How often the cell is evaluated
-    does not count: evaluations draw from their own generators, so the training, the SFT and
-    the final figures are the same whatever the cadence (only the curve has fewer points). A
-    setting the stored run does not list did not exist when it ran; the run is taken as made
-    without it (each such setting leaves the old behaviour at the value these methods give
-    it: no operator, so no corrections to weigh)."""
-    cadence = ("eval_every",)
-
-    def same(part: str) -> bool:
-        have = stored.get(part) or {}
-        return all(have[k] == v for k, v in spec[part].items()
-                   if k in have and k not in cadence)
-    return same("grpo") and same("run") and same("sampler") and \
-        stored.get("operator") == spec["operator"]
-
-
 def summarize(rs: list[dict]) -> dict:
     cell = [r["final_success"] - r["sft_success"] for r in rs]
     held = [r["heldout_final_success"] - r["heldout_sft_success"] for r in rs]
@@ -202,7 +185,7 @@ def main() -> None:
         for t in args.tasks:
             for m in args.methods:
                 out = run_dir / f"{t}-s{s}-{bl.slug(m)}.json"
-                if out.is_file() and not same_recipe(json.loads(out.read_text()), specs[m]):
+                if out.is_file() and not bl.same_recipe(json.loads(out.read_text()), specs[m]):
                     print(f"{out.name}: stored with another recipe; kept as .stale.json, "
                           "running again")
                     out.replace(out.with_suffix(".stale.json"))

@@ -44,7 +44,8 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = ModelConfig.preset("tiny")
     model = TinyVLAPolicy(cfg).eval().to(args.device)
-    sampler = DiffusionSampler(cfg, SamplerConfig(num_inference_steps=10, stochastic_steps=3))
+    sampler = DiffusionSampler(cfg, SamplerConfig(num_inference_steps=10, stochastic_steps=3,
+                                                  frozen_prefix=False))   # the plain decision
     obs = obs_for(cfg, 1).to(args.device)
     with torch.no_grad():
         t = interleaved({
@@ -69,7 +70,8 @@ def main() -> None:
         B = 16
         obs_b = obs_for(cfg, B).to(args.device)
         for kp, suffix in ((3, ""), (10, "_k10")):    # the default K' = 3, and every step
-            s = DiffusionSampler(cfg, SamplerConfig(num_inference_steps=10, stochastic_steps=kp))
+            s = DiffusionSampler(cfg, SamplerConfig(num_inference_steps=10, stochastic_steps=kp),
+                                 sft_model=model)
             chain = s.sample(model, obs_b, torch.Generator().manual_seed(0)).chain
             t = interleaved({
                 "per_step": lambda s=s, c=chain: s.chain_log_prob_per_step(model, obs_b, c),

@@ -37,7 +37,7 @@ TASK, G = "reach-v3", 4
 def store_group(ckpt: Path, store_root: Path) -> None:
     """One complete group of v0 with reward variance, sampled by the checkpoint's model."""
     model, scfg, _ = load_checkpoint(ckpt)
-    sampler = DiffusionSampler(model.config, scfg)
+    sampler = DiffusionSampler(model.config, scfg, sft_model=model)
     g = torch.Generator().manual_seed(0)
     obs = Observation(torch.randint(0, 255, (G, 1, 32, 32, 3), generator=g, dtype=torch.uint8),
                       torch.zeros(G, 9), ["reach the red goal"] * G)

@@ -26,8 +26,9 @@ def make_groups(policy, sampler, n_groups=2, G=4, seed=0, version=0):
 
 
 def setup(preset="adapters", **grpo):
-    policy = AdaptedPolicy(tiny_model(), AdapterConfig(preset=preset, rank=2), ["pick", "push"])
-    sampler = DiffusionSampler(policy.model.config, SamplerConfig(stochastic_steps=2))
+    model = tiny_model()
+    sampler = DiffusionSampler(model.config, SamplerConfig(stochastic_steps=2), sft_model=model)
+    policy = AdaptedPolicy(model, AdapterConfig(preset=preset, rank=2), ["pick", "push"])
     # the learner's mechanics, not the adopted recipe: no KL stop, warm-up or base scale
     cfg = GRPOConfig(**(dict(group_size=4, lr=1e-2, epochs=1, minibatch_size=64,
                              micro_batch_size=64, target_kl=0.0, warmup_steps=0,

@@ -65,7 +65,7 @@ def corrected_episode(policy, sampler, eid="c0", success=True):
 
 def setup(**grpo):
     model = tiny_model()
-    sampler = DiffusionSampler(model.config, SamplerConfig(stochastic_steps=2))
+    sampler = DiffusionSampler(model.config, SamplerConfig(stochastic_steps=2), sft_model=model)
     policy = AdaptedPolicy(model, AdapterConfig(preset="adapters", rank=2), ["pick"])
     cfg = dict(group_size=2, lr=1e-2, epochs=1, minibatch_size=8, micro_batch_size=8,
                target_kl=0.0, warmup_steps=0, device="cpu") | grpo

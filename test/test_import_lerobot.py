@@ -300,7 +300,7 @@ def test_imported_noise_prediction_matches_lerobots_computation(tmp_path, c):
     assert scfg.scheduler == c["sched"].lower() and scfg.executed_steps == c["n_action"]
     assert scfg.num_inference_steps == (c["K"] or 100) and meta["cameras"] == c["cams"]
     # actions unnormalize with the file's statistics
-    sampler = DiffusionSampler(model.config, scfg)
+    sampler = DiffusionSampler(model.config, scfg, sft_model=model)
     chunk = sampler.sample(model, obs, deterministic=True)
     lo, hi = stats["action"]["min"], stats["action"]["max"]
     x0 = chunk.chain[:, -1]
@@ -311,7 +311,7 @@ def test_sampling_rescoring_and_one_grpo_update_touch_only_the_adapter(tmp_path)
     c = dict(V03, K=4)
     model, scfg, _ = import_lerobot(write_lerobot_dir(tmp_path, c))
     scfg = type(scfg)(**{**scfg.to_dict(), "stochastic_steps": 2})
-    sampler = DiffusionSampler(model.config, scfg)
+    sampler = DiffusionSampler(model.config, scfg, sft_model=model)
     policy = AdaptedPolicy(model, AdapterConfig(preset="adapters", rank=2), ["pick"])
     obs = obs_for(c, B=2)
     chunk = sampler.sample(policy.model, obs, generator=torch.Generator().manual_seed(0))

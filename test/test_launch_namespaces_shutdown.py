@@ -119,7 +119,8 @@ def test_a_learner_stopped_mid_update_exits_0_and_writes_no_torn_version(tmp_pat
     from tinyvla_grpo_ros.core.synthetic import random_obs
     ckpt = tiny_checkpoint(tmp_path)
     model, scfg, _ = load_checkpoint(ckpt)
-    sampler, store = DiffusionSampler(model.config, scfg), RolloutStore(tmp_path / "rollouts")
+    sampler = DiffusionSampler(model.config, scfg, sft_model=model)
+    store = RolloutStore(tmp_path / "rollouts")
     obs = random_obs(model.config, B=60)
     chunk = sampler.sample(model, obs, torch.Generator().manual_seed(0))
     frames = [{"images": obs.images[i], "states": obs.state[i], "chains": chunk.chain[i],

@@ -16,9 +16,9 @@ from tinyvla_grpo_ros.sim.rollout import run_lockstep
 def test_lockstep_rollouts_record_whole_episodes_that_rescore_to_ratio_one():
     torch.manual_seed(0)
     cfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
-    policy = AdaptedPolicy(TinyVLAPolicy(cfg).eval(), AdapterConfig(preset="adapters"),
-                           ["reach-v3"])
-    sampler = DiffusionSampler(cfg, SamplerConfig(executed_steps=4))
+    model = TinyVLAPolicy(cfg).eval()
+    sampler = DiffusionSampler(cfg, SamplerConfig(executed_steps=4), sft_model=model)
+    policy = AdaptedPolicy(model, AdapterConfig(preset="adapters"), ["reach-v3"])
     scenes = [MetaWorldScene("reach-v3", image_size=32, max_steps=24) for _ in range(3)]
     eps = run_lockstep(scenes, policy.model, sampler, [7, 7, 8], False,
                        torch.Generator().manual_seed(0), record=True)
@@ -44,8 +44,10 @@ def x_k_setup(n_scenes: int):
     of 8-step reach episodes (two decisions of 4 steps)."""
     torch.manual_seed(0)
     cfg = ModelConfig.preset("tiny", image_size=32, state_dim=9, action_dim=4)
-    sampler = DiffusionSampler(cfg, SamplerConfig(executed_steps=4, stochastic_steps=10))
-    return (TinyVLAPolicy(cfg).eval(), sampler,
+    model = TinyVLAPolicy(cfg).eval()
+    sampler = DiffusionSampler(cfg, SamplerConfig(executed_steps=4, stochastic_steps=10),
+                               sft_model=model)
+    return (model, sampler,
             [MetaWorldScene("reach-v3", image_size=32, max_steps=8) for _ in range(n_scenes)])
 
 

@@ -69,7 +69,7 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     obs = random_obs(model.config)
-    s = DiffusionSampler(model.config, sampler_cfg)
+    s = DiffusionSampler(model.config, sampler_cfg, sft_model=model)
     x = s.sample(model, obs, torch.Generator().manual_seed(0))
     y = s.sample(loaded.eval(), obs, torch.Generator().manual_seed(0))
     assert torch.equal(x.actions, y.actions)
@@ -114,7 +114,8 @@ def test_sft_lowers_the_loss_and_imitates_better_than_untrained():
                        progress=False)
     untrained.normalizer.load_state_dict(model.normalizer.state_dict())   # same action scale
     assert sum(losses[-30:]) / 30 < 0.5 * sum(losses[:30]) / 30
-    sampler = DiffusionSampler(cfg, SamplerConfig())
+    # two models through one sampler: each runs its own unscored steps
+    sampler = DiffusionSampler(cfg, SamplerConfig(frozen_prefix=False))
     ids = list(range(128))                          # the demonstrated states
     expert = torch.stack([torch.from_numpy(env.expert_chunk(i)) for i in ids])
     err = {}

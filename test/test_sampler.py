@@ -13,7 +13,8 @@ def test_rescoring_a_fresh_chain_gives_ratio_one(scheduler, k_prime):
     model = tiny_model()
     obs = random_obs(model.config)
     sampler = DiffusionSampler(model.config, SamplerConfig(scheduler=scheduler,
-                                                           stochastic_steps=k_prime))
+                                                           stochastic_steps=k_prime),
+                               sft_model=model)
     chunk = sampler.sample(model, obs, generator=torch.Generator().manual_seed(0))
     assert chunk.chain.shape == (3, k_prime + 1, 4, 2)
     assert chunk.log_probs.shape == (3, k_prime)
@@ -30,7 +31,7 @@ def test_rescoring_a_fresh_chain_gives_ratio_one(scheduler, k_prime):
 def test_same_seed_same_chunk_and_different_seed_different_chunk():
     model = tiny_model()
     obs = random_obs(model.config)
-    sampler = DiffusionSampler(model.config, SamplerConfig())
+    sampler = DiffusionSampler(model.config, SamplerConfig(), sft_model=model)
     a = sampler.sample(model, obs, generator=torch.Generator().manual_seed(7))
     b = sampler.sample(model, obs, generator=torch.Generator().manual_seed(7))
     c = sampler.sample(model, obs, generator=torch.Generator().manual_seed(8))
@@ -41,7 +42,7 @@ def test_same_seed_same_chunk_and_different_seed_different_chunk():
 def test_deterministic_sampling_ignores_noise_after_the_start():
     model = tiny_model()
     obs = random_obs(model.config)
-    sampler = DiffusionSampler(model.config, SamplerConfig(stochastic_steps=3))
+    sampler = DiffusionSampler(model.config, SamplerConfig(stochastic_steps=3), sft_model=model)
     x = [sampler.sample(model, obs, torch.Generator().manual_seed(3), deterministic=True)
          for _ in range(2)]
     assert torch.equal(x[0].actions, x[1].actions)
@@ -53,7 +54,7 @@ def test_init_noise_scale_zero_makes_the_mean_chain_independent_of_the_seed():
     rollout's randomness is in the scored steps (which still re-score to ratio 1)."""
     model = tiny_model()
     obs = random_obs(model.config)
-    sampler = DiffusionSampler(model.config, SamplerConfig(init_noise_scale=0.0))
+    sampler = DiffusionSampler(model.config, SamplerConfig(init_noise_scale=0.0), sft_model=model)
     det = [sampler.sample(model, obs, torch.Generator().manual_seed(s), deterministic=True)
            for s in (1, 2)]
     assert torch.equal(det[0].actions, det[1].actions)
@@ -68,17 +69,17 @@ def test_init_noise_scale_scales_the_starting_sample():
     model = tiny_model()
     obs = random_obs(model.config)
     cfg = SamplerConfig(stochastic_steps=10)          # chain[:, 0] is x_K itself
-    full = DiffusionSampler(model.config, cfg).sample(model, obs, torch.Generator().manual_seed(4))
-    half = DiffusionSampler(model.config, SamplerConfig(stochastic_steps=10,
-                                                        init_noise_scale=0.5)).sample(
+    full = DiffusionSampler(model.config, cfg, sft_model=model).sample(
         model, obs, torch.Generator().manual_seed(4))
+    half = DiffusionSampler(model.config, SamplerConfig(stochastic_steps=10, init_noise_scale=0.5),
+                            sft_model=model).sample(model, obs, torch.Generator().manual_seed(4))
     assert torch.allclose(half.chain[:, 0], 0.5 * full.chain[:, 0])
 
 
 def test_given_init_noise_replaces_the_draw_of_x_k():
     model = tiny_model()
     obs = random_obs(model.config)
-    sampler = DiffusionSampler(model.config, SamplerConfig(stochastic_steps=10))
+    sampler = DiffusionSampler(model.config, SamplerConfig(stochastic_steps=10), sft_model=model)
     z = torch.randn(3, model.config.horizon, model.config.action_dim,
                     generator=torch.Generator().manual_seed(5))
     drawn = sampler.sample(model, obs, torch.Generator().manual_seed(5))
@@ -99,7 +100,7 @@ def test_init_noise_scale_outside_zero_one_is_refused(scale):
 def test_only_executed_prefix_is_scored():
     model = tiny_model()
     obs = random_obs(model.config)
-    sampler = DiffusionSampler(model.config, SamplerConfig(executed_steps=2))
+    sampler = DiffusionSampler(model.config, SamplerConfig(executed_steps=2), sft_model=model)
     chunk = sampler.sample(model, obs, generator=torch.Generator().manual_seed(0))
     changed = chunk.chain.clone()
     changed[:, -1, 2:] += 5.0                 # final actions past the executed prefix
@@ -118,7 +119,7 @@ def test_step_matches_diffusers_scheduler_without_floors(scheduler):
     model = tiny_model()
     cfg = SamplerConfig(scheduler=scheduler, stochastic_steps=10, min_sampling_std=0.0,
                         min_logprob_std=1e-6, noise_clip=0.0, eta=1.0)
-    sampler = DiffusionSampler(model.config, cfg)
+    sampler = DiffusionSampler(model.config, cfg, sft_model=model)
     ref = build_scheduler(model.config, scheduler)
     ref.set_timesteps(cfg.num_inference_steps)
     x = torch.randn(2, 4, 2)

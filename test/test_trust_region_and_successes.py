@@ -211,3 +211,15 @@ def test_a_restarted_learner_fills_its_window_from_the_newest_stored_successes(t
     assert [e.episode_id for e in wins] == ["v1e2", "v2e0", "v2e2"]      # newest, oldest first
     policy, sampler, learner = setup(sft_weight=1.0, success_window=3)
     assert learner.remember(wins) == 3 and len(learner.window("pick")) == 3
+
+
+def test_the_adopted_trust_region_is_the_default_whatever_a_checkpoint_stored(tmp_path):
+    """frozen_prefix is how fine-tuning treats the SFT policy: a checkpoint saved with the old
+    behaviour still loads with the adopted recipe's value (nodes and benches alike)."""
+    from tinyvla_grpo_ros.core.checkpoint import read_sampler_config
+    assert SamplerConfig().frozen_prefix and "frozen_prefix" in SamplerConfig.ADOPTED
+    ckpt = save_checkpoint(tmp_path / "ckpt", tiny_model(),
+                           SamplerConfig(stochastic_steps=2, frozen_prefix=False))
+    _, scfg, _ = load_checkpoint(ckpt)
+    assert scfg.frozen_prefix and scfg.stochastic_steps == 2
+    assert read_sampler_config(ckpt).frozen_prefix

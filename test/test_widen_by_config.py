@@ -31,7 +31,8 @@ def trained(preset: str, root, version: int = 1, seed: int = 1) -> AdaptedPolicy
 
 
 def actions(policy: AdaptedPolicy) -> torch.Tensor:
-    sampler = DiffusionSampler(policy.model.config, SamplerConfig())
+    # the whole policy acts, the widened tensors on every step
+    sampler = DiffusionSampler(policy.model.config, SamplerConfig(frozen_prefix=False))
     return sampler.sample(policy.model, random_obs(policy.model.config),
                           torch.Generator().manual_seed(0), deterministic=True).actions
 

@@ -62,13 +62,20 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"cannot read {path}: {e}") from e
 
 
+def stored_sampler_config(stored: dict[str, Any]) -> SamplerConfig:
+    """A checkpoint's sampler settings, but the recipe's adopted value for the settings of
+    `SamplerConfig.ADOPTED` (how fine-tuning treats the SFT policy is not the SFT's to say)."""
+    return SamplerConfig.from_dict({k: v for k, v in stored.items()
+                                    if k not in SamplerConfig.ADOPTED})
+
+
 def read_sampler_config(directory: Path) -> SamplerConfig:
     """The sampler config a checkpoint was saved with (config.json only, no weights)."""
     cfg_path = Path(directory) / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no checkpoint at {directory} (config.json missing)")
     try:
-        return SamplerConfig.from_dict(json.loads(cfg_path.read_text()).get("sampler", {}))
+        return stored_sampler_config(json.loads(cfg_path.read_text()).get("sampler", {}))
     except (ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"{cfg_path}: bad sampler config: {e}") from e
 
@@ -84,5 +91,5 @@ def load_checkpoint(directory: Path, map_location: str | torch.device = "cpu"
     state = read_safetensors(directory / "model.safetensors")
     check_state_dict(model.state_dict(), state, f"checkpoint {directory}")
     model.load_state_dict(state, strict=True)
-    return (model.to(map_location), SamplerConfig.from_dict(data.get("sampler", {})),
+    return (model.to(map_location), stored_sampler_config(data.get("sampler", {})),
             data.get("meta", {}))

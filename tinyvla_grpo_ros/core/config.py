@@ -165,13 +165,17 @@ class SamplerConfig:
                                   "chunk, Ta)", lo=0, hi=4096)
     init_noise_scale: float = setting(1.0, "x_K ~ N(0, s^2 I); 1 = the distribution the head "
                                       "was trained on", lo=0.0, hi=1.0)
-    frozen_prefix: bool = setting(False, "exact trust region: the K - K' unscored denoising "
+    frozen_prefix: bool = setting(True, "exact trust region: the K - K' unscored denoising "
                                   "steps run a frozen copy of the SFT policy, so training moves "
-                                  "only the scored steps")
+                                  "only the scored steps (off: the trained weights act on every "
+                                  "step, as before 2026-12-05)")
 
     RECIPE: ClassVar[tuple[str, ...]] = ("stochastic_steps", "min_sampling_std",
                                          "min_logprob_std", "noise_clip", "executed_steps",
                                          "init_noise_scale", "frozen_prefix")
+    # How fine-tuning treats the SFT policy, not how the SFT policy samples: a checkpoint's
+    # stored value is not the default of these; the adopted recipe's is (checkpoint.py).
+    ADOPTED: ClassVar[tuple[str, ...]] = ("frozen_prefix",)
 
     def __post_init__(self) -> None:
         check_ranges(self)

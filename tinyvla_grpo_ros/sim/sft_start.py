@@ -76,7 +76,7 @@ def build_sft_start(task: str = "reach-v3", demos: int = 60, steps: int = 3000,
     train_sft(model, load_demos(tmp / "demos"), SFTConfig(steps=steps, seed=seed),
               log_path=tmp / "sft_loss.csv")
     scfg = SamplerConfig(executed_steps=executed_steps)
-    sampler = DiffusionSampler(mcfg, scfg)
+    sampler = DiffusionSampler(mcfg, scfg, sft_model=model)
     ids = list(range(EVAL_FIRST_ID, EVAL_FIRST_ID + eval_episodes))
     rate = success_rate(task, model, sampler, ids, mcfg.image_size, **scene_kw)
     save_checkpoint(tmp, model, scfg, meta=dict(settings, sft_success=rate,
