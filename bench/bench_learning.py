@@ -196,8 +196,10 @@ def recipe_options(ap: argparse.ArgumentParser) -> None:
                   skip=("preset",))
     add_arguments(ap.add_argument_group("learner (core/config.GRPOConfig)"), GRPOConfig,
                   skip=("device",))
-    add_arguments(ap.add_argument_group("sampler (core/config.SamplerConfig)"), SamplerConfig,
-                  only=SamplerConfig.RECIPE, default_from="the SFT checkpoint's")
+    group = ap.add_argument_group("sampler (core/config.SamplerConfig)")
+    add_arguments(group, SamplerConfig, only=SamplerConfig.RECIPE, skip=SamplerConfig.ADOPTED,
+                  default_from="the SFT checkpoint's")
+    add_arguments(group, SamplerConfig, only=SamplerConfig.ADOPTED)      # the recipe's
 
 
 def main() -> None:
