@@ -40,8 +40,8 @@ def evaluate(ckpt: Path, states: list[int], marker: float) -> tuple[list[bool], 
     actions = []
     orig = sampler.sample
 
-    def sample(m, obs, **kw):                      # record every deterministic chunk
-        chunk = orig(m, obs, **kw)
+    def sample(m, obs, *args, **kw):               # record every deterministic chunk
+        chunk = orig(m, obs, *args, **kw)
         actions.append(chunk.actions.detach().clone())
         return chunk
     sampler.sample = sample
