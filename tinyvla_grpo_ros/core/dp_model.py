@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .model import ConditionalUnet1D, Normalizer, Observation
+from .model import ConditionalUnet1D, Normalizer, Observation, checked_images
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -158,10 +158,7 @@ class DiffusionPolicyModel(nn.Module):
     def encode(self, obs: Observation) -> torch.Tensor:
         """Observation -> condition (B, Ds + Nc * 2K): [state, camera features in order]."""
         cfg = self.config
-        imgs = obs.images
-        if imgs.dim() != 5 or imgs.shape[1] != cfg.num_cameras or imgs.shape[-1] != 3:
-            raise ValueError(f"images must be (B, Nc={cfg.num_cameras}, H, W, 3) uint8, "
-                             f"got {tuple(imgs.shape)}")
+        imgs = checked_images(obs, cfg)
         B, Nc, H, W, _ = imgs.shape
         x = imgs.permute(0, 1, 4, 2, 3).float().div(255.0)                  # (B, Nc, 3, H, W)
         if (H, W) != (cfg.image_size, cfg.image_size):

@@ -215,6 +215,15 @@ class ConditionalUnet1D(nn.Module):
         return self.final(h).transpose(1, 2)
 
 
+def checked_images(obs: Observation, cfg: ModelConfig) -> torch.Tensor:
+    """obs.images, refused by shape unless (B, Nc, H, W, 3) with the model's camera count."""
+    imgs = obs.images
+    if imgs.dim() != 5 or imgs.shape[1] != cfg.num_cameras or imgs.shape[-1] != 3:
+        raise ValueError(f"images must be (B, Nc={cfg.num_cameras}, H, W, 3) uint8, "
+                         f"got {tuple(imgs.shape)}")
+    return imgs
+
+
 class TinyVLAPolicy(nn.Module):
     """The network: `encode(obs) -> cond` once a chunk, `forward(x_k, t, cond) -> eps` a step."""
 
@@ -236,10 +245,7 @@ class TinyVLAPolicy(nn.Module):
     def encode(self, obs: Observation) -> torch.Tensor:
         """Observation -> condition (B, D + Ds) for the diffusion head."""
         cfg = self.config
-        imgs = obs.images
-        if imgs.dim() != 5 or imgs.shape[1] != cfg.num_cameras or imgs.shape[-1] != 3:
-            raise ValueError(f"images must be (B, Nc={cfg.num_cameras}, H, W, 3) uint8, "
-                             f"got {tuple(imgs.shape)}")
+        imgs = checked_images(obs, cfg)
         B, Nc, H, W, _ = imgs.shape
         x = imgs.reshape(B * Nc, H, W, 3).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         if (H, W) != (cfg.image_size, cfg.image_size):
