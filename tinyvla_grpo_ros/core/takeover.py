@@ -97,7 +97,6 @@ class Takeover:
         self.active = False
         self.command_at: float | None = None      # arrival of the last accepted command
         self.last: np.ndarray | None = None
-        self.steps = 0                             # operator steps sent this episode
 
     def request(self, on: bool, episode_running: bool) -> tuple[bool, str]:
         """Press (on) or release the intervene control."""
@@ -111,7 +110,7 @@ class Takeover:
         return True, "operator in control"
 
     def end_episode(self) -> None:
-        self.active, self.command_at, self.last, self.steps = False, None, None, 0
+        self.active, self.command_at, self.last = False, None, None
 
     def command(self, action, now: float) -> str:
         """Takes an operator command (arrival time `now`); '' or why it is refused."""

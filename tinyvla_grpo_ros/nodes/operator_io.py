@@ -130,13 +130,13 @@ class OperatorControl:
     # ----- the operator's chunk -----
     def decide(self, obs, episode, chunk_index: int, prev, send_hold, instruction: str):
         """A decision under takeover: (ActionChunk, actions) to send, or why the arm holds."""
-        actions = self.chunk(self.horizon, self.n_exec, self.limits, prev, send_hold)
+        actions = self.chunk(prev, send_hold)
         if isinstance(actions, str):
             return actions
         return self.message(actions, self.n_exec, episode, chunk_index, obs, self.cameras,
                             self.joint_names, instruction), actions
 
-    def chunk(self, horizon: int, n_exec: int, limits, prev, send_hold) -> np.ndarray | str:
+    def chunk(self, prev, send_hold) -> np.ndarray | str:
         """The operator's command held for n_exec control steps, through the node's limits
         (rate limit from `prev`), padded to the policy's horizon; or why the arm holds (then
         `send_hold(why)`, once until a command comes)."""
@@ -148,9 +148,9 @@ class OperatorControl:
                 send_hold(cmd)
             return cmd
         self.holding = False
-        actions = limits.apply(np.repeat(cmd[None].astype(np.float64), horizon, 0), prev)
-        actions[n_exec:] = actions[n_exec - 1]
-        self.takeover.steps += n_exec
+        actions = self.limits.apply(np.repeat(cmd[None].astype(np.float64), self.horizon, 0),
+                                    prev)
+        actions[self.n_exec:] = actions[self.n_exec - 1]
         self.stats["operator_chunks"] += 1
         return actions
 
