@@ -28,6 +28,9 @@ def save_checkpoint(directory: Path, model: TinyVLAPolicy,
     atomic_io.write_safetensors(directory / "model.safetensors", model.state_dict())
     norm = {k: v.tolist() for k, v in model.normalizer.state_dict().items()}
     atomic_io.write_json(directory / "normalization.json", norm)
+    text = getattr(getattr(model, "prompt", None), "tokenizer_json", None)
+    if text is not None:                       # a bpe model's tokenizer travels with it
+        atomic_io.write_bytes(directory / "tokenizer.json", text.encode("utf-8"))
     atomic_io.write_json(directory / "config.json", {
         "model": model.config.to_dict(),
         "sampler": (sampler_cfg or SamplerConfig()).to_dict(),
@@ -91,5 +94,11 @@ def load_checkpoint(directory: Path, map_location: str | torch.device = "cpu"
     state = read_safetensors(directory / "model.safetensors")
     check_state_dict(model.state_dict(), state, f"checkpoint {directory}")
     model.load_state_dict(state, strict=True)
+    if model.config.tokenizer == "bpe":
+        tok = directory / "tokenizer.json"
+        if not tok.is_file():
+            raise FileNotFoundError(f"checkpoint {directory}: its model's tokenizer is 'bpe' and "
+                                    "tokenizer.json is missing")
+        model.attach_tokenizer(tok.read_text())
     return (model.to(map_location), stored_sampler_config(data.get("sampler", {})),
             data.get("meta", {}))

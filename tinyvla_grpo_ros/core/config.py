@@ -82,8 +82,47 @@ class ModelConfig:
     dp_backbone_norm: str = "batch"         # ResNet-18 norms: "batch" (frozen stats) or "group"
     dp_separate_encoders: bool = True       # one image encoder per camera
     dp_crop: int = 0                        # center crop side before the encoder (0: none)
+    # --- what an imported TinyVLA run needs (importers/tinyvla.py); the defaults are the
+    # package's own model ---
+    vit_intermediate: int = 0               # CLIP MLP width (0: 4 x vit_hidden)
+    vit_select_layer: int = -1              # hidden state taken from the ViT (-2: LLaVA's)
+    vit_patch_only: bool = False            # drop the CLS token (LLaVA's "patch" features)
+    projector: str = "linear"               # ViT -> LM: "linear" or "mlp<N>x_gelu"
+    image_mean: tuple[float, ...] = ()      # per-channel pixel mean/std on [0, 1] (CLIP's);
+    image_std: tuple[float, ...] = ()       # empty: pixels scaled to [-1, 1]
+    tokenizer: str = "bytes"                # "bytes" (built in) or "bpe" (the checkpoint's
+    #                                         tokenizer.json, e.g. Pythia's)
+    prompt: str = ""                        # template with <image> and {instruction} ("":
+    #                                         images, then BOS instruction EOS)
+    text_pad_id: int = -1                   # prompt tokens with this id are masked (-1: none)
+    lm_vocab_size: int = 0                  # 0: the byte tokenizer's vocabulary
+    lm_rotary_pct: float = 0.25
+    lm_rotary_base: int = 10000
+    lm_norm_eps: float = 1e-5
+    lm_max_positions: int = 0               # 0: the tokens the model can be given
+    cond_pooling: str = "masked_mean"       # "masked_mean" + state, or "tinyvla": mean over
+    #                                         every token, LayerNorm, state, Linear combine
+    step_embed_dtype: str = "float32"       # "bfloat16": the step embedding computed in bf16
 
     def __post_init__(self) -> None:
+        import re
+        if self.projector != "linear" and not re.fullmatch(r"mlp[1-9]x_gelu", self.projector):
+            raise ValueError(f"projector must be 'linear' or 'mlp<N>x_gelu', got "
+                             f"{self.projector!r}")
+        for name, allowed in (("tokenizer", ("bytes", "bpe")),
+                              ("cond_pooling", ("masked_mean", "tinyvla")),
+                              ("step_embed_dtype", ("float32", "bfloat16"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got "
+                                 f"{getattr(self, name)!r}")
+        if len(self.image_mean) != len(self.image_std) or len(self.image_mean) not in (0, 3):
+            raise ValueError("image_mean and image_std must both be empty or both have 3 values")
+        if self.prompt and ("<image>" not in self.prompt or "{instruction}" not in self.prompt):
+            raise ValueError("prompt must contain <image> and {instruction}, got "
+                             f"{self.prompt!r}")
+        if (self.tokenizer == "bpe") != (self.lm_vocab_size > 0):
+            raise ValueError("a bpe tokenizer needs lm_vocab_size, and lm_vocab_size needs the "
+                             "bpe tokenizer")
         if self.architecture not in ("tinyvla", "diffusion_policy"):
             raise ValueError(f"architecture must be 'tinyvla' or 'diffusion_policy', got "
                              f"{self.architecture!r}")

@@ -111,29 +111,43 @@ class CNNEncoder(nn.Module):
 
 
 class ViTEncoder(nn.Module):
-    """CLIP ViT built from a config (random init; users load their SFT weights into it)."""
+    """CLIP ViT built from a config (random init; users load their SFT weights into it), its
+    tokens (all, or the patches only) projected to the LM width by a linear layer or an MLP."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         vcfg = CLIPVisionConfig(hidden_size=cfg.vit_hidden, num_hidden_layers=cfg.vit_layers,
                                 num_attention_heads=cfg.vit_heads,
-                                intermediate_size=4 * cfg.vit_hidden, image_size=cfg.image_size,
-                                patch_size=cfg.vit_patch)
+                                intermediate_size=cfg.vit_intermediate or 4 * cfg.vit_hidden,
+                                image_size=cfg.image_size, patch_size=cfg.vit_patch)
         self.vit = CLIPVisionModel(vcfg)
-        self.num_tokens = (cfg.image_size // cfg.vit_patch) ** 2 + 1
-        self.proj = nn.Linear(cfg.vit_hidden, cfg.lm_hidden)
+        self.patch_only = cfg.vit_patch_only
+        self.num_tokens = (cfg.image_size // cfg.vit_patch) ** 2 + (0 if self.patch_only else 1)
+        if cfg.projector == "linear":
+            self.proj = nn.Linear(cfg.vit_hidden, cfg.lm_hidden)
+        else:                                        # mlp<N>x_gelu
+            layers: list[nn.Module] = [nn.Linear(cfg.vit_hidden, cfg.lm_hidden)]
+            for _ in range(int(cfg.projector[3:-6]) - 1):
+                layers += [nn.GELU(), nn.Linear(cfg.lm_hidden, cfg.lm_hidden)]
+            self.proj = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:   # (B, 3, H, W) -> (B, P, D)
-        return self.proj(self.vit(pixel_values=x).last_hidden_state)
+        h = self.vit(pixel_values=x).last_hidden_state
+        return self.proj(h[:, 1:] if self.patch_only else h)
 
 
 class SinusoidalPosEmb(nn.Module):
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.dim = dim
+        self.dim, self.dtype = dim, dtype
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:   # (B,) -> (B, dim)
         half = self.dim // 2
+        if self.dtype == torch.bfloat16:         # TinyVLA computes the embedding in bf16
+            freq = torch.exp(torch.arange(half, device=t.device, dtype=self.dtype)
+                             * -(math.log(10000) / (half - 1)))
+            arg = t[:, None] * freq[None]
+            return torch.cat([arg.sin(), arg.cos()], dim=-1).float()
         freq = torch.exp(torch.arange(half, device=t.device) * (-math.log(10000) / (half - 1)))
         arg = t.float()[:, None] * freq[None]
         return torch.cat([arg.sin(), arg.cos()], dim=-1)
@@ -174,8 +188,10 @@ class ConditionalUnet1D(nn.Module):
     def __init__(self, cfg: ModelConfig, global_cond_dim: int) -> None:
         super().__init__()
         dsed, k, g, fs = cfg.step_embed_dim, cfg.kernel_size, cfg.n_groups, cfg.film_scale
-        self.step_encoder = nn.Sequential(SinusoidalPosEmb(dsed), nn.Linear(dsed, 4 * dsed),
-                                          nn.Mish(), nn.Linear(4 * dsed, dsed))
+        emb_dtype = getattr(torch, cfg.step_embed_dtype)
+        self.step_encoder = nn.Sequential(SinusoidalPosEmb(dsed, emb_dtype),
+                                          nn.Linear(dsed, 4 * dsed), nn.Mish(),
+                                          nn.Linear(4 * dsed, dsed))
         cond_dim = dsed + global_cond_dim
         dims = [cfg.action_dim, *cfg.down_dims]
         pairs = list(zip(dims[:-1], dims[1:]))
@@ -234,32 +250,91 @@ class TinyVLAPolicy(nn.Module):
         self.vision = CNNEncoder(cfg) if cfg.vision == "cnn" else ViTEncoder(cfg)
         self.camera_embed = nn.Parameter(torch.zeros(cfg.num_cameras, 1, cfg.lm_hidden))
         n_pos = cfg.num_cameras * self.vision.num_tokens + cfg.max_text_tokens
-        lcfg = GPTNeoXConfig(vocab_size=tokenizer.VOCAB_SIZE, hidden_size=cfg.lm_hidden,
-                             num_hidden_layers=cfg.lm_layers, num_attention_heads=cfg.lm_heads,
-                             intermediate_size=cfg.lm_intermediate, max_position_embeddings=n_pos,
-                             rotary_pct=0.25, use_parallel_residual=True)
+        lcfg = GPTNeoXConfig(vocab_size=cfg.lm_vocab_size or tokenizer.VOCAB_SIZE,
+                             hidden_size=cfg.lm_hidden, num_hidden_layers=cfg.lm_layers,
+                             num_attention_heads=cfg.lm_heads,
+                             intermediate_size=cfg.lm_intermediate,
+                             max_position_embeddings=cfg.lm_max_positions or n_pos,
+                             rotary_pct=cfg.lm_rotary_pct, rotary_emb_base=cfg.lm_rotary_base,
+                             layer_norm_eps=cfg.lm_norm_eps, use_parallel_residual=True)
         self.lm = GPTNeoXModel(lcfg)
-        self.cond_dim = cfg.lm_hidden + cfg.state_dim
-        self.head = ConditionalUnet1D(cfg, self.cond_dim)
+        D = cfg.lm_hidden
+        if cfg.cond_pooling == "tinyvla":
+            self.cond_dim = D
+            self.head = ConditionalUnet1D(cfg, D)
+            self.head.norm_after_pool = nn.LayerNorm(D)
+            self.head.combine = nn.Linear(D + cfg.state_dim, D)
+        else:
+            self.cond_dim = D + cfg.state_dim
+            self.head = ConditionalUnet1D(cfg, self.cond_dim)
+        # a prompt template (imported models): its text is tokenized around the image tokens;
+        # a bpe tokenizer comes from the checkpoint's tokenizer.json (attach_tokenizer)
+        self.prompt = tokenizer.PromptText(cfg.prompt) \
+            if cfg.prompt and cfg.tokenizer == "bytes" else None
+
+    def attach_tokenizer(self, tokenizer_json: str) -> None:
+        """The BPE tokenizer (tokenizer.json text) a `tokenizer: bpe` model needs."""
+        self.prompt = tokenizer.PromptText(self.config.prompt or "<image>{instruction}",
+                                           tokenizer_json)
+
+    def pixels(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B*Nc, H, W, 3) uint8 -> (B*Nc, 3, S, S) float, normalized as the encoder was trained."""
+        cfg = self.config
+        x = imgs.permute(0, 3, 1, 2).float()
+        if cfg.image_mean:
+            mean = torch.tensor(cfg.image_mean, device=x.device)[:, None, None]
+            std = torch.tensor(cfg.image_std, device=x.device)[:, None, None]
+            x = (x / 255.0 - mean) / std
+        else:
+            x = x.div(127.5).sub(1.0)
+        if x.shape[-2:] != (cfg.image_size, cfg.image_size):
+            x = F.interpolate(x, size=(cfg.image_size, cfg.image_size), mode="bilinear",
+                              antialias=True, align_corners=False)
+        return x
+
+    def _prompt_tokens(self, instructions: list[str], img_tok: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[text before, image tokens, text after] per row; rows of different lengths are
+        right-padded with zero embeddings, masked (LLaVA's batching)."""
+        if self.prompt is None:
+            raise ValueError("this model's tokenizer is 'bpe' but none is attached: load it "
+                             "with load_checkpoint (the checkpoint's tokenizer.json)")
+        emb, pad = self.lm.get_input_embeddings(), self.config.text_pad_id
+        dev = img_tok.device
+        rows, masks = [], []
+        for i, text in enumerate(instructions):
+            a, b = (torch.tensor(ids, dtype=torch.long, device=dev)
+                    for ids in self.prompt.split(text))
+            rows.append(torch.cat([emb(a), img_tok[i], emb(b)]))
+            masks.append(torch.cat([a != pad, torch.ones(img_tok.shape[1], dtype=torch.bool,
+                                                         device=dev), b != pad]))
+        n = max(len(r) for r in rows)
+        tokens = torch.stack([F.pad(r, (0, 0, 0, n - len(r))) for r in rows])
+        attn = torch.stack([F.pad(m, (0, n - len(m))) for m in masks]).long()
+        return tokens, attn
 
     def encode(self, obs: Observation) -> torch.Tensor:
-        """Observation -> condition (B, D + Ds) for the diffusion head."""
+        """Observation -> condition (B, cond_dim) for the diffusion head."""
         cfg = self.config
         imgs = checked_images(obs, cfg)
         B, Nc, H, W, _ = imgs.shape
-        x = imgs.reshape(B * Nc, H, W, 3).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-        if (H, W) != (cfg.image_size, cfg.image_size):
-            x = F.interpolate(x, size=(cfg.image_size, cfg.image_size), mode="bilinear",
-                              antialias=True, align_corners=False)
+        x = self.pixels(imgs.reshape(B * Nc, H, W, 3))
         img_tok = self.vision(x).reshape(B, Nc, -1, cfg.lm_hidden) + self.camera_embed
         img_tok = img_tok.reshape(B, -1, cfg.lm_hidden)                       # (B, Nc*P, D)
-        ids, mask = tokenizer.encode(obs.instruction, cfg.max_text_tokens)
-        ids, mask = ids.to(imgs.device), mask.to(imgs.device)
-        txt_tok = self.lm.get_input_embeddings()(ids)                         # (B, L, D)
-        tokens = torch.cat([img_tok, txt_tok], dim=1)
-        attn = torch.cat([torch.ones(B, img_tok.shape[1], dtype=mask.dtype, device=mask.device),
-                          mask], dim=1)
+        if cfg.prompt or cfg.tokenizer == "bpe":
+            tokens, attn = self._prompt_tokens(list(obs.instruction), img_tok)
+        else:
+            ids, mask = tokenizer.encode(obs.instruction, cfg.max_text_tokens)
+            ids, mask = ids.to(imgs.device), mask.to(imgs.device)
+            txt_tok = self.lm.get_input_embeddings()(ids)                     # (B, L, D)
+            tokens = torch.cat([img_tok, txt_tok], dim=1)
+            attn = torch.cat([torch.ones(B, img_tok.shape[1], dtype=mask.dtype,
+                                         device=mask.device), mask], dim=1)
         h = self.lm(inputs_embeds=tokens, attention_mask=attn).last_hidden_state  # (B, N, D)
+        if cfg.cond_pooling == "tinyvla":       # every position, LayerNorm, state, combine
+            pooled = self.head.norm_after_pool(h.mean(1))
+            state = self.normalizer.normalize_state(obs.state.to(pooled.dtype))
+            return self.head.combine(torch.cat([pooled, state], dim=-1))
         pooled = (h * attn[..., None]).sum(1) / attn.sum(1, keepdim=True)
         state = self.normalizer.normalize_state(obs.state.to(pooled.dtype))
         return torch.cat([pooled, state], dim=-1)                             # (B, D + Ds)
