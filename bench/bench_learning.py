@@ -73,7 +73,9 @@ def child(args) -> None:
     out.write_text(json.dumps(res, indent=1))
 
 
-LEGACY = {"frozen_prefix": False, "sft_weight": 0.0, "policy_gradient": True}
+LEGACY = {"frozen_prefix": False, "sft_weight": 0.0, "policy_gradient": True,
+          "corrected_episodes": "failure"}
+OPERATOR_ONLY = ("correction_weight", "corrected_episodes")
 
 
 def same_recipe(stored: dict, spec: dict) -> bool:
@@ -81,14 +83,14 @@ def same_recipe(stored: dict, spec: dict) -> bool:
     does not count: evaluations draw from their own generators, so the training, the SFT and
     the final figures are the same whatever the cadence (only the curve has fewer points). A
     setting the stored run does not list did not exist when it ran; the run is taken as made
-    with the value that keeps the old behaviour (LEGACY; any value of the others does, e.g.
-    correction_weight without an operator)."""
-    cadence = ("eval_every",)
+    with the value that keeps the old behaviour (LEGACY; any value of the others does). The
+    settings of corrections do not count in a run without an operator (nothing to correct)."""
+    skip = ("eval_every",) + (() if spec.get("operator") else OPERATOR_ONLY)
 
     def same(part: str) -> bool:
         have = stored.get(part) or {}
         return all(have.get(k, LEGACY.get(k, v)) == v for k, v in spec[part].items()
-                   if k not in cadence)
+                   if k not in skip)
     return same("grpo") and same("run") and same("sampler") and \
         stored.get("operator") == spec.get("operator")
 

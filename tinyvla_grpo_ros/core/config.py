@@ -265,6 +265,13 @@ class GRPOConfig:
     correction_weight: float = setting(1.0, "weight of the denoising loss on the operator's "
                                        "corrected chunks of the task (takeovers; 0 = off)",
                                        lo=0.0, hi=1000.0)
+    corrected_episodes: str = setting("failure", "how an episode the operator corrected counts "
+                                      "in its group's GRPO term: 'failure' (reward 0: the "
+                                      "policy's chunks before the takeover led where a person "
+                                      "stepped in) or 'excluded' (left out of its group: "
+                                      "neither scored nor in the baseline; its corrections "
+                                      "still train through correction_weight)",
+                                      choices=("failure", "excluded"))
     policy_gradient: bool = setting(True, "the clipped GRPO term; off (with sft_weight > 0) is "
                                     "filtered behaviour cloning: the denoising loss alone")
     warmup_steps: int = setting(10, "linear learning-rate warm-up over a task's first "
