@@ -13,16 +13,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_rl_ready
 from safetensors.torch import save_file
 
-from tinyvla_grpo_ros.core.adapters import AdaptedPolicy, AdapterConfig
 from tinyvla_grpo_ros.core.checkpoint import load_checkpoint
-from tinyvla_grpo_ros.core.config import GRPOConfig
-from tinyvla_grpo_ros.core.learner import GRPOLearner
 from tinyvla_grpo_ros.core.model import Observation
 from tinyvla_grpo_ros.core.safe_load import SourceError
 from tinyvla_grpo_ros.core.sampler import DiffusionSampler
-from tinyvla_grpo_ros.core.synthetic import synthetic_groups
 from tinyvla_grpo_ros.import_policy import main as import_main
 from tinyvla_grpo_ros.importers.lerobot import export_lerobot, import_lerobot
 
@@ -311,21 +308,7 @@ def test_sampling_rescoring_and_one_grpo_update_touch_only_the_adapter(tmp_path)
     c = dict(V03, K=4)
     model, scfg, _ = import_lerobot(write_lerobot_dir(tmp_path, c))
     scfg = type(scfg)(**{**scfg.to_dict(), "stochastic_steps": 2})
-    sampler = DiffusionSampler(model.config, scfg, sft_model=model)
-    policy = AdaptedPolicy(model, AdapterConfig(preset="adapters", rank=2), ["pick"])
-    obs = obs_for(c, B=2)
-    chunk = sampler.sample(policy.model, obs, generator=torch.Generator().manual_seed(0))
-    assert torch.isfinite(chunk.log_probs).all()
-    again = sampler.chain_log_prob(policy.model, obs, chunk.chain)
-    assert torch.allclose(torch.exp(again - chunk.log_probs), torch.ones_like(again), atol=1e-5)
-    before = {k: v.clone() for k, v in policy.model.state_dict().items()}
-    learner = GRPOLearner(policy, sampler, GRPOConfig(
-        group_size=4, lr=1e-2, epochs=1, minibatch_size=4, micro_batch_size=4, target_kl=0.0,
-        warmup_steps=0, device="cpu"))
-    assert learner.update(synthetic_groups(policy, sampler, n_groups=1)).optimizer_steps
-    after = policy.model.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(".lora_" in k for k in changed), sorted(changed)[:4]
+    assert_rl_ready(model, scfg, obs_for(c, B=2), "pick")
 
 
 def test_the_cli_writes_a_checkpoint_every_node_loads_and_export_round_trips(tmp_path):

@@ -278,7 +278,8 @@ class TinyVLAPolicy(nn.Module):
                                            tokenizer_json)
 
     def pixels(self, imgs: torch.Tensor) -> torch.Tensor:
-        """(B*Nc, H, W, 3) uint8 -> (B*Nc, 3, S, S) float, normalized as the encoder was trained."""
+        """(B*Nc, H, W, 3) uint8 -> (B*Nc, 3, S, S) float, normalized as the encoder was
+        trained."""
         cfg = self.config
         x = imgs.permute(0, 3, 1, 2).float()
         if cfg.image_mean:

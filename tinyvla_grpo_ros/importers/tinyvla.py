@@ -120,7 +120,7 @@ def model_config(cfg: dict, path: Path, source: TensorSource, cameras: int | Non
         raise _refuse(path, "concat", concat, "'None' (one camera) or 'token_cat'")
     n_cams = cameras or (1 if concat == "None" else 2)
     if concat == "None" and n_cams != 1 or not 1 <= n_cams <= 3:
-        raise _refuse(path, "cameras", n_cams, f"1 with concat 'None', 1..3 with token_cat")
+        raise _refuse(path, "cameras", n_cams, "1 with concat 'None', 1..3 with token_cat")
     if int(proj.get("hidden_size", get("hidden_size"))) != int(get("hidden_size")):
         raise _refuse(path, "mm_projector.hidden_size", proj.get("hidden_size"),
                       "the LM's hidden_size")
