@@ -124,8 +124,11 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     names = list(result["methods"])
     tasks = sorted({t for m in result["summary"].values() for t in m})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False,
-                             sharey=True)
+    shares = {m: t for m, t in result["summary"].items()
+              if any(any(s.get("corrected_step_share_by_quarter") or []) for s in t.values())}
+    rows = 2 if shares else 1
+    fig, axes = plt.subplots(rows, len(tasks), figsize=(4.6 * len(tasks), 3.6 * rows),
+                             squeeze=False, sharey="row")
     for ax, task in zip(axes[0], tasks):
         for i, m in enumerate(names):
             s = result["summary"].get(m, {}).get(task)
@@ -144,6 +147,17 @@ def plot(result: dict, path: Path) -> None:
         ax.set_title(task, fontsize=10)
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel("cell lift, points (95% paired CI, seeds as dots)")
+    for ax, task in zip(axes[1] if shares else [], tasks):   # the operator's share per quarter
+        for m, per in shares.items():
+            q = per.get(task, {}).get("corrected_step_share_by_quarter") or []
+            ax.plot(range(1, len(q) + 1), [100 * v for v in q], marker="o", label=m)
+        ax.axhline(5, color="gray", lw=0.8, ls="--")
+        ax.set_xlabel("quarter of the run")
+        ax.set_xticks([1, 2, 3, 4])
+        ax.grid(alpha=0.3)
+    if shares:
+        axes[1][0].set_ylabel("steps corrected by the operator, %")
+        axes[1][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -202,9 +216,13 @@ def main() -> None:
             if rs:
                 summary.setdefault(m, {})[t] = summarize(rs)
     drop = ("checkpoint", "learner_seconds", "updates")
+    wall = round(time.time() - t0, 1)
+    stored = bl.RESULTS / f"{args.out}.json"
+    if args.collect and stored.is_file():        # collecting runs nothing: keep the run's wall
+        wall = json.loads(stored.read_text()).get("wall_seconds", wall)
     result = {"name": args.out, "methods": args.methods, "specs": specs, "summary": summary,
               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-              "wall_seconds": round(time.time() - t0, 1),
+              "wall_seconds": wall,
               "runs": [{k: v for k, v in r.items() if k not in drop} for r in runs]}
     bl.RESULTS.mkdir(parents=True, exist_ok=True)
     (bl.RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
