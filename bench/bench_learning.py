@@ -73,9 +73,8 @@ def child(args) -> None:
     out.write_text(json.dumps(res, indent=1))
 
 
-LEGACY = {"frozen_prefix": False, "sft_weight": 0.0, "policy_gradient": True,
-          "corrected_episodes": "failure"}
-OPERATOR_ONLY = ("correction_weight", "corrected_episodes")
+LEGACY = {"frozen_prefix": False, "sft_weight": 0.0, "policy_gradient": True}
+OPERATOR_ONLY = ("correction_weight",)
 
 
 def same_recipe(stored: dict, spec: dict) -> bool:

@@ -103,21 +103,6 @@ def test_operator_chunks_never_enter_the_ratio_but_train_with_their_weight():
     assert any(not torch.equal(before[k], v) for k, v in policy.model.state_dict().items())
 
 
-def test_excluded_corrected_episodes_leave_the_group_and_its_baseline():
-    policy, sampler, learner = setup(corrected_episodes="excluded")
-    ep = corrected_episode(policy, sampler)
-    plain = synthetic_groups(policy, sampler, 1, 4, seed=3, task="pick")[0]
-    assert sorted(e.reward for e in plain) == [0.0, 0.0, 1.0, 1.0]
-    batch = build_batch([[ep, *plain]], learner.cfg, UpdateStats())
-    assert len(batch) == sum(e.num_chunks for e in plain)
-    alone = build_batch([plain], learner.cfg, UpdateStats())      # the same advantages
-    assert torch.equal(batch.advantages, alone.advantages)
-    failure = build_batch([[ep, *plain]], GRPOConfig(**{**learner.cfg.__dict__,
-                                                        "corrected_episodes": "failure"}),
-                          UpdateStats())
-    assert len(failure) == len(batch) + ep.num_chunks              # scored as a failure
-
-
 def test_correction_weight_zero_leaves_the_update_as_it_was():
     out = []
     for w in (0.0, None):

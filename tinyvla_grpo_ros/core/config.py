@@ -12,6 +12,7 @@ keys are an error, never silently ignored. Sampler and learner fields are recipe
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -105,7 +106,6 @@ class ModelConfig:
     step_embed_dtype: str = "float32"       # "bfloat16": the step embedding computed in bf16
 
     def __post_init__(self) -> None:
-        import re
         if self.projector != "linear" and not re.fullmatch(r"mlp[1-9]x_gelu", self.projector):
             raise ValueError(f"projector must be 'linear' or 'mlp<N>x_gelu', got "
                              f"{self.projector!r}")
@@ -262,16 +262,9 @@ class GRPOConfig:
                                 "GRPO term (0 = off)", lo=0.0, hi=1000.0)
     success_window: int = setting(4096, "successful chunks per task that loss draws from (the "
                                   "newest; bounds the learner's memory)", lo=1, hi=10_000_000)
-    correction_weight: float = setting(1.0, "weight of the denoising loss on the operator's "
+    correction_weight: float = setting(0.1, "weight of the denoising loss on the operator's "
                                        "corrected chunks of the task (takeovers; 0 = off)",
                                        lo=0.0, hi=1000.0)
-    corrected_episodes: str = setting("failure", "how an episode the operator corrected counts "
-                                      "in its group's GRPO term: 'failure' (reward 0: the "
-                                      "policy's chunks before the takeover led where a person "
-                                      "stepped in) or 'excluded' (left out of its group: "
-                                      "neither scored nor in the baseline; its corrections "
-                                      "still train through correction_weight)",
-                                      choices=("failure", "excluded"))
     policy_gradient: bool = setting(True, "the clipped GRPO term; off (with sft_weight > 0) is "
                                     "filtered behaviour cloning: the denoising loss alone")
     warmup_steps: int = setting(10, "linear learning-rate warm-up over a task's first "

@@ -105,8 +105,6 @@ def build_batch(groups: list[list[EpisodeRecord]], cfg: GRPOConfig, stats: Updat
                 ) -> Batch | None:
     parts, rewards = [], []
     for group in groups:
-        if cfg.corrected_episodes == "excluded":
-            group = [e for e in group if not e.corrected_steps]
         r = torch.tensor([e.reward for e in group])
         rewards += r.tolist()
         adv = group_advantages(r, cfg.adv_eps) if len(group) >= 2 else None
