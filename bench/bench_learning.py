@@ -73,7 +73,7 @@ def child(args) -> None:
     out.write_text(json.dumps(res, indent=1))
 
 
-LEGACY = {"frozen_prefix": False, "sft_weight": 0.0, "policy_gradient": True}
+LEGACY = {"frozen_prefix": False}
 OPERATOR_ONLY = ("correction_weight",)
 
 

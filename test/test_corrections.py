@@ -9,6 +9,7 @@ from helpers import random_obs, tiny_model
 
 from tinyvla_grpo_ros.core.adapters import AdaptedPolicy, AdapterConfig
 from tinyvla_grpo_ros.core.config import GRPOConfig, SamplerConfig
+from tinyvla_grpo_ros.core.correction_window import CorrectionWindow
 from tinyvla_grpo_ros.core.corrections import OperatorConfig, SimulatedOperator, correction_chunks
 from tinyvla_grpo_ros.core.learner import GRPOLearner, UpdateStats, build_batch
 from tinyvla_grpo_ros.core.rollout_store import RolloutStore, StoreError, episode_record
@@ -149,3 +150,83 @@ def test_the_episode_manager_stores_the_operators_chunks_as_corrections_of_a_fai
     assert torch.allclose(t["op_actions"][0, :, 0], torch.tensor([0.1, 0.1, 0.2, 0.2]))
     assert torch.allclose(t["op_actions"][2, :2, 0], torch.tensor([-0.5, -0.5]))
     assert m.state != em.RUNNING
+
+
+def op_episode(obs, j, target, eid, version=0, group="g"):
+    """A failed one-chunk episode whose one corrected chunk is `target` at observation j."""
+    ep_chain = torch.stack([torch.zeros_like(target), target])             # (K'+1, Ta, Da)
+    corr = {"op_images": obs.images[j:j + 1], "op_states": obs.state[j:j + 1],
+            "op_actions": target[None], "op_executed": torch.tensor([target.shape[0]])}
+    return episode_record([{"images": obs.images[j], "states": obs.state[j], "chains": ep_chain,
+                            "log_probs": torch.zeros(1), "executed": target.shape[0]}],
+                          success=False, corrections=corr, corrected_steps=target.shape[0],
+                          episode_id=eid, group_id=group, task="pick", init_state_id=0,
+                          adapter_name="pick", adapter_version=version,
+                          instruction=obs.instruction[j])
+
+
+def test_the_correction_term_pulls_the_policy_toward_the_operators_chunks():
+    from tinyvla_grpo_ros.core.model import Observation
+    from tinyvla_grpo_ros.core.sft import denoising_loss
+    policy, sampler, learner = setup(correction_weight=1.0, epochs=8, lr=3e-3,
+                                     minibatch_size=16, micro_batch_size=16)
+    cfg = policy.model.config
+    obs = random_obs(cfg, B=1, seed=3)
+    target = torch.full((cfg.horizon, cfg.action_dim), 0.6)
+    target[:, 0] = -0.6
+    ep = op_episode(obs, 0, target, "c")
+    many = Observation(obs.images.expand(256, *obs.images.shape[1:]),
+                       obs.state.expand(256, -1), obs.instruction * 256)
+
+    def fit():           # the denoising loss of the corrected chunk, on fixed noise and steps
+        with torch.no_grad():
+            return denoising_loss(policy.model, learner.train_sched, many,
+                                  target.expand(256, -1, -1), torch.Generator().manual_seed(9))
+
+    before = fit()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(10):                       # both failures: no GRPO signal, corrections only
+        learner.update([[ep, op_episode(obs, 0, target, "d")]], generator=gen)
+    assert fit() < 0.75 * before
+
+
+def test_micro_batching_gives_the_same_correction_gradient():
+    import dataclasses
+    policy, sampler, learner = setup(correction_weight=1.0)
+    cfg = policy.model.config
+    obs = random_obs(cfg, B=3, seed=2)
+    window = learner.corrections("pick")
+    window.add([op_episode(obs, j, torch.rand(cfg.horizon, cfg.action_dim) * 2 - 1, f"e{j}")
+                for j in range(3)])
+    batch = window.sample(6, torch.Generator().manual_seed(0))
+    grads = []
+    for micro in (6, 4, 1):
+        learner.cfg = dataclasses.replace(learner.cfg, micro_batch_size=micro)
+        learner.optimizer.zero_grad(set_to_none=True)
+        learner.correction_gradient(batch, {}, torch.Generator().manual_seed(1))
+        grads.append([p.grad.clone() for p in policy.trainable_parameters()])
+    for other in grads[1:]:
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(grads[0], other))
+
+
+def test_a_restarted_learner_fills_its_window_from_the_newest_stored_corrections(tmp_path):
+    import dataclasses
+    store = RolloutStore(tmp_path / "rollouts")
+    policy, sampler, learner = setup(correction_window=3)
+    cfg = policy.model.config
+    obs = random_obs(cfg, B=3)
+    a0 = torch.zeros((cfg.horizon, cfg.action_dim))
+    plain = synthetic_groups(policy, sampler, 1, 2, task="pick")[0][0]
+    for v in range(3):            # versions 0..2, one group each: two corrected, one not
+        for j in range(3):
+            ep = op_episode(obs, j, a0 + 0.1 * v, f"v{v}e{j}", version=v, group=f"g{v}")
+            if j == 1:
+                ep = dataclasses.replace(plain, episode_id=f"v{v}e1", group_id=f"g{v}",
+                                         adapter_version=v)
+            store.write_episode(ep)
+    got = store.recent_corrections("pick", max_chunks=3)
+    assert [e.episode_id for e in got] == ["v1e2", "v2e0", "v2e2"]      # newest, oldest first
+    assert learner.remember(got) == 3 and len(learner.corrections("pick")) == 3
+    window = CorrectionWindow(capacity=2)                                  # keeps the newest
+    window.add(got)
+    assert len(window) == 2 and list(window.episode_ids) == ["v2e0", "v2e2"]

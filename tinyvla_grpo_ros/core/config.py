@@ -257,16 +257,12 @@ class GRPOConfig:
                              "preset adapters only); 0 = off", lo=0.0, hi=100.0)
     target_kl: float = setting(0.05, "stop an update early when a minibatch's approximate KL "
                                "exceeds 1.5 x this (0 = off)", lo=0.0, hi=100.0)
-    sft_weight: float = setting(0.0, "weight of the denoising (SFT) loss on the task's most "
-                                "recent successful chunks, in the same optimizer steps as the "
-                                "GRPO term (0 = off)", lo=0.0, hi=1000.0)
-    success_window: int = setting(4096, "successful chunks per task that loss draws from (the "
-                                  "newest; bounds the learner's memory)", lo=1, hi=10_000_000)
     correction_weight: float = setting(0.1, "weight of the denoising loss on the operator's "
                                        "corrected chunks of the task (takeovers; 0 = off)",
                                        lo=0.0, hi=1000.0)
-    policy_gradient: bool = setting(True, "the clipped GRPO term; off (with sft_weight > 0) is "
-                                    "filtered behaviour cloning: the denoising loss alone")
+    correction_window: int = setting(4096, "corrected chunks per task that loss draws from "
+                                     "(the newest; bounds the learner's memory)", lo=1,
+                                     hi=10_000_000)
     warmup_steps: int = setting(10, "linear learning-rate warm-up over a task's first "
                                 "optimizer steps", lo=0, hi=1_000_000)
     max_grad_norm: float = setting(1.0, "gradient clipping norm", lo=1e-6, hi=1e6)
@@ -277,10 +273,6 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         check_ranges(self)
         resolve_device(self.device)
-        if not self.policy_gradient and self.sft_weight == 0 and self.correction_weight == 0:
-            raise ValueError("policy_gradient off leaves nothing to learn from unless "
-                             "sft_weight > 0 (filtered behaviour cloning) or "
-                             "correction_weight > 0")
 
     def loss_cfg(self):
         from .grpo import GRPOLossConfig

@@ -13,15 +13,13 @@
 5. with `target_kl` > 0, the update stops early when a minibatch's approximate KL to the
    sampling policy (measured before its step, from the second step on) exceeds 1.5 x target_kl:
    a step size that would collapse the policy is cut short;
-6. with `sft_weight` w > 0, every optimizer step also takes w x the denoising loss (core/sft.py)
-   on as many chunks, drawn from the task's window of recent successful chunks
-   (core/success_window.py; the successes of every update enter it), on the same trainable set.
-   When there is no GRPO term (`policy_gradient` off: filtered behaviour cloning) or no group
-   with signal, that loss is all there is: the update takes as many steps as the GRPO term would
-   over all of its groups' chunks, so groups that all succeeded still teach;
-7. with `correction_weight` > 0, the operator's corrected chunks (takeovers: actions that are not
-   samples of the policy and never enter a ratio) join the same steps with that weight, from
-   their own window (`CorrectionWindow`), whatever the episode's outcome.
+6. with `correction_weight` w > 0, every optimizer step also takes w x the denoising loss
+   (core/sft.py) on as many of the operator's corrected chunks (takeovers: actions that are not
+   samples of the policy and never enter a ratio), drawn from the task's window of recent
+   corrections (core/correction_window.py; the corrections of every update enter it, whatever
+   the episode's outcome), on the same trainable set. When no group has signal, that loss is all
+   there is: the update takes as many steps as the GRPO term would over all of its groups'
+   chunks.
 The ratio compares the per-step Gaussian log-densities of the stored K' denoising steps
 (DDPO/DPPO); the learner never mixes adapter versions in one update, so the ratio is exactly 1
 before the first step. The settings are `GRPOConfig` (core/config.py). Runs on CUDA when
@@ -36,12 +34,12 @@ import torch
 
 from .adapters import AdaptedPolicy
 from .config import GRPOConfig
+from .correction_window import CorrectionBatch, CorrectionWindow
 from .grpo import group_advantages, grpo_loss, step_weights
 from .model import Observation
 from .rollout_store import EpisodeRecord
 from .sampler import DiffusionSampler, build_scheduler
 from .sft import denoising_loss, noise_draws
-from .success_window import CorrectionWindow, SuccessBatch, SuccessWindow
 
 __all__ = ["Batch", "GRPOConfig", "GRPOLearner", "UpdateCancelled", "UpdateStats",
            "build_batch"]
@@ -69,8 +67,6 @@ class UpdateStats:
     nonfinite_steps_skipped: int = 0
     early_stopped: int = 0              # 1 when target_kl cut the update short
     mean_reward: float = 0.0
-    sft_loss: float = 0.0               # mean weighted denoising loss per step (sft_weight > 0)
-    success_chunks: int = 0             # chunks in the task's success window
     correction_loss: float = 0.0        # mean weighted denoising loss on corrections per step
     correction_chunks: int = 0          # chunks in the task's correction window
 
@@ -138,8 +134,7 @@ class GRPOLearner:
         if self.loss_cfg.kl_coef > 0:
             policy.reference()                       # raises early for presets without one
         self.optimizers: dict[str, tuple[list[int], torch.optim.Adam]] = {}
-        self.windows: dict[str, SuccessWindow] = {}  # per adapter (task)
-        self.correction_windows: dict[str, CorrectionWindow] = {}
+        self.correction_windows: dict[str, CorrectionWindow] = {}   # per adapter (task)
         self.train_sched = build_scheduler(policy.model.config, "ddpm")
         self.steps_taken: dict[str, int] = {}        # per optimizer, for the warm-up
         self.use_optimizer("default")
@@ -204,28 +199,22 @@ class GRPOLearner:
         acc["ratio_min"] = min(acc.get("ratio_min", math.inf), st["ratio_min"].item())
         acc["ratio_max"] = max(acc.get("ratio_max", -math.inf), st["ratio_max"].item())
 
-    def window(self, adapter: str) -> SuccessWindow:
-        """The task's window of recent successful chunks (filled by `update` and `remember`)."""
-        if adapter not in self.windows:
-            self.windows[adapter] = SuccessWindow(self.cfg.success_window)
-        return self.windows[adapter]
-
     def corrections(self, adapter: str) -> CorrectionWindow:
-        """The task's window of recent operator-corrected chunks."""
+        """The task's window of recent operator-corrected chunks (filled by `update` and
+        `remember`)."""
         if adapter not in self.correction_windows:
-            self.correction_windows[adapter] = CorrectionWindow(self.cfg.success_window)
+            self.correction_windows[adapter] = CorrectionWindow(self.cfg.correction_window)
         return self.correction_windows[adapter]
 
     def remember(self, episodes: list[EpisodeRecord]) -> int:
-        """Adds stored successful episodes (e.g. of earlier versions) to their tasks' windows."""
-        return sum(self.window(e.adapter_name).add([e]) for e in episodes)
+        """Adds stored corrected episodes (e.g. of earlier versions) to their tasks' windows."""
+        return sum(self.corrections(e.adapter_name).add([e]) for e in episodes)
 
-    def success_gradient(self, s: SuccessBatch, acc: dict[str, float],
-                         generator: torch.Generator | None = None, weight: float | None = None,
-                         key: str = "sft_loss") -> None:
-        """Adds weight (default sft_weight) x the denoising loss of the chunks `s` to .grad,
+    def correction_gradient(self, s: CorrectionBatch, acc: dict[str, float],
+                            generator: torch.Generator | None = None) -> None:
+        """Adds correction_weight x the denoising loss of the chunks `s` to .grad,
         micro-batched (the sum over micro-batches is the loss of the whole of `s`)."""
-        weight = self.cfg.sft_weight if weight is None else weight
+        weight = self.cfg.correction_weight
         normalizer = float(s.executed.clamp(max=s.a0.shape[1]).sum() * s.a0.shape[2])
         noise, t = noise_draws(self.policy.model, s.a0.shape, generator)
         for start in range(0, len(s), self.cfg.micro_batch_size):
@@ -236,7 +225,7 @@ class GRPOLearner:
                 normalizer=normalizer, draws=(noise[rows].to(self.device),
                                               t[rows].to(self.device)))
             loss.backward()
-            acc[key] = acc.get(key, 0.0) + loss.item()
+            acc["correction_loss"] = acc.get("correction_loss", 0.0) + loss.item()
 
     def minibatch_gradient(self, b: Batch, acc: dict[str, float]) -> None:
         """Zero grads, then accumulate the whole minibatch in micro-batches."""
@@ -258,24 +247,16 @@ class GRPOLearner:
             raise ValueError(f"groups come from several adapter versions {sorted(versions)}; "
                              "the learner never mixes versions in one update")
         adapter = next(iter(versions))[0] if versions else self.policy.active
-        window = self.window(adapter) if self.cfg.sft_weight > 0 else None
-        if window is not None:
-            window.add([e for g in groups for e in g])
-            stats.success_chunks = len(window)
         corr = self.corrections(adapter) if self.cfg.correction_weight > 0 else None
         if corr is not None:
             corr.add([e for g in groups for e in g])
             stats.correction_chunks = len(corr)
-        batch = build_batch(groups, self.cfg, stats) if self.cfg.policy_gradient else None
+        batch = build_batch(groups, self.cfg, stats)
         if batch is not None:
             n_chunks = stats.chunks = len(batch)
-        else:      # no GRPO term, or no group with signal: the denoising loss alone, if any
+        else:      # no group with signal: the correction loss alone, if any
             n_chunks = sum(e.num_chunks for g in groups for e in g)
-            if not self.cfg.policy_gradient:           # groups with signal, for the record
-                stats.groups = len(groups)
-                stats.groups_skipped = sum(len({e.reward for e in g}) < 2 for g in groups)
-                stats.skipped_fraction = stats.groups_skipped / max(1, stats.groups)
-            if not window and not corr:
+            if not corr:
                 return stats                           # nothing to learn from
         model = self.policy.model
         model.train()
@@ -296,11 +277,8 @@ class GRPOLearner:
                     self.minibatch_gradient(batch.select(perm[start:start + n]), acc)
                 else:
                     self.optimizer.zero_grad(set_to_none=True)
-                if window:
-                    self.success_gradient(window.sample(n, generator), acc, generator)
                 if corr:
-                    self.success_gradient(corr.sample(n, generator), acc, generator,
-                                          self.cfg.correction_weight, "correction_loss")
+                    self.correction_gradient(corr.sample(n, generator), acc, generator)
                 if first and batch is not None:
                     stats.first_ratio_max_dev = max(abs(acc["ratio_max"] - 1),
                                                     abs(acc["ratio_min"] - 1))
@@ -313,8 +291,7 @@ class GRPOLearner:
                     self.optimizer.zero_grad(set_to_none=True)
                     break
                 gn = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
-                step_loss = acc.get("loss", 0.0) + acc.get("sft_loss", 0.0) + \
-                    acc.get("correction_loss", 0.0)
+                step_loss = acc.get("loss", 0.0) + acc.get("correction_loss", 0.0)
                 if not (math.isfinite(step_loss) and torch.isfinite(gn)):
                     stats.nonfinite_steps_skipped += 1
                     self.optimizer.zero_grad(set_to_none=True)
@@ -341,7 +318,6 @@ class GRPOLearner:
             terms = max(1.0, totals.get("terms", 0.0))
             stats.loss = sum(losses) / len(losses)
             stats.grad_norm = sum(grad_norms) / len(grad_norms)
-            stats.sft_loss = totals.get("sft_loss", 0.0) / len(losses)
             stats.correction_loss = totals.get("correction_loss", 0.0) / len(losses)
             if batch is not None:
                 stats.clip_fraction = totals["clip_count"] / terms

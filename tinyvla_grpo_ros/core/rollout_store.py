@@ -273,22 +273,25 @@ class RolloutStore:
                 self.quarantine(gdir / e, str(err))
         return out
 
-    def recent_successes(self, task: str, max_chunks: int) -> list[EpisodeRecord]:
-        """The task's newest successful episodes of any version, with tensors, oldest first,
-        until they hold `max_chunks` chunks: what a restarted learner's success window holds."""
+    def recent_corrections(self, task: str, max_chunks: int) -> list[EpisodeRecord]:
+        """The task's newest corrected episodes of any version, with tensors, oldest first,
+        until they hold `max_chunks` corrected chunks: what a restarted learner's correction
+        window holds."""
         out, chunks = [], 0
         for g in reversed(self.groups(task)):
             gdir = self.group_dir(task, g)
             for e in reversed(self.episode_ids(task, g)):
                 try:
-                    if not self.read_episode(gdir / e, with_tensors=False).success:
+                    if not self.read_episode(gdir / e, with_tensors=False).corrected_steps:
                         continue
                     rec = self.read_episode(gdir / e)
                 except StoreError as err:
                     self.quarantine(gdir / e, str(err))
                     continue
+                if "op_actions" not in rec.tensors:
+                    continue
                 out.append(rec)
-                chunks += rec.num_chunks
+                chunks += int(rec.tensors["op_actions"].shape[0])
                 if chunks >= max_chunks:
                     return out[::-1]
         return out[::-1]

@@ -118,10 +118,11 @@ class LearnerNode(Node):
             loaded = 0
             save_adapter_version(self.policy, self.root, loaded, parent=None)
         self.versions[task] = loaded
-        if self.learner.cfg.sft_weight > 0:           # successes of earlier versions and runs
-            n = self.learner.remember(self.store.recent_successes(
-                task, self.learner.cfg.success_window))
-            self.get_logger().info(f"{task}: {n} stored successful chunks in the success window")
+        if self.learner.cfg.correction_weight > 0:     # corrections of earlier versions, runs
+            n = self.learner.remember(self.store.recent_corrections(
+                task, self.learner.cfg.correction_window))
+            self.get_logger().info(f"{task}: {n} stored corrected chunks in the correction "
+                                   "window")
         # groups already learned from (column 3 of learner_metrics.csv; a torn line is skipped)
         self.learned = {cols[2] for cols in (ln.split(",") for ln in self._metric_lines())
                         if len(cols) > 2}
