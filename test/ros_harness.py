@@ -137,3 +137,33 @@ def launch_policy_node(tmp_path: Path, executed_steps: int = 4, checkpoint: Path
         "checkpoint": str(ckpt), "adapter_root": str(tmp_path / "adapters"),
         "trainable_preset": "adapters", "executed_steps": str(executed_steps)} | params},
         only=["policy_node"], log_dir=tmp_path), ckpt
+
+
+def chunks_from_policy_node(tmp_path: Path, checkpoint: Path, executed_steps: int,
+                            image_size: int, n: int = 2) -> list:
+    """policy_node on `checkpoint` (an imported one, say) over DDS, an episode running and a
+    camera feed of `image_size` px: its first n sampled ActionChunks (holds left out)."""
+    from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
+
+    from tinyvla_grpo_ros.nodes.ros_common import LATCHED, RELIABLE
+    launch, _ = launch_policy_node(tmp_path, executed_steps, checkpoint=checkpoint)
+    client = Client("imported")
+    chunks = []
+    client.node.create_subscription(ActionChunk, "action_chunk",
+                                    lambda m: chunks.append(m) if m.horizon else None, RELIABLE)
+    feed = SensorFeed(client.node, image_size=image_size)
+    pub = client.node.create_publisher(EpisodeState, "episode_state", LATCHED)
+    log = tmp_path / "policy_node.log"
+    try:
+        pub.publish(EpisodeState(state=EpisodeState.RUNNING, episode_id="e1",
+                                 task_id="reach-v3"))
+        for _ in range(600):
+            assert launch.poll() is None, log.read_text()[-2000:]
+            feed.publish()
+            if client.spin_until(lambda: len(chunks) >= n, 0.1):
+                break
+        assert len(chunks) >= n, log.read_text()[-2000:]
+        return chunks
+    finally:
+        client.close()
+        launch.stop()

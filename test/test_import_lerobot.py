@@ -364,32 +364,10 @@ def test_what_cannot_be_imported_is_refused_by_name_and_nothing_is_written(tmp_p
 def test_policy_node_runs_an_imported_lerobot_policy_over_dds(tmp_path):
     """The imported checkpoint is one every node takes: policy_node samples chunks from it for
     the sim's 9 joints and 4 end-effector actions, with log-probs to re-score."""
-    from ros_harness import Client, SensorFeed, launch_policy_node
-    from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
-
-    from tinyvla_grpo_ros.nodes.ros_common import LATCHED, RELIABLE
+    from ros_harness import chunks_from_policy_node
     c = dict(V03, Ds=9, Da=4, S=32, K=5, n_action=4)
     assert import_main([str(write_lerobot_dir(tmp_path, c)), str(tmp_path / "ckpt")]) == 0
-    launch, _ = launch_policy_node(tmp_path, 4, checkpoint=tmp_path / "ckpt")
-    client = Client("imported")
-    chunks = []
-    client.node.create_subscription(ActionChunk, "action_chunk",
-                                    lambda m: chunks.append(m) if m.horizon else None, RELIABLE)
-    feed = SensorFeed(client.node, image_size=32)
-    pub = client.node.create_publisher(EpisodeState, "episode_state", LATCHED)
-    try:
-        pub.publish(EpisodeState(state=EpisodeState.RUNNING, episode_id="e1",
-                                 task_id="reach-v3"))
-        for _ in range(600):
-            assert launch.poll() is None, (tmp_path / "policy_node.log").read_text()[-2000:]
-            feed.publish()
-            if client.spin_until(lambda: len(chunks) >= 2, 0.1):
-                break
-        assert len(chunks) >= 2, (tmp_path / "policy_node.log").read_text()[-2000:]
-        m = chunks[-1]
-        assert (m.horizon, m.action_dim, m.executed_steps) == (8, 4, 4)
-        assert m.scheduler == "ddim" and m.num_inference_steps == 5 and len(m.log_probs) == 3
-        assert all(math.isfinite(v) for v in m.actions)
-    finally:
-        client.close()
-        launch.stop()
+    m = chunks_from_policy_node(tmp_path, tmp_path / "ckpt", 4, image_size=32)[-1]
+    assert (m.horizon, m.action_dim, m.executed_steps) == (8, 4, 4)
+    assert m.scheduler == "ddim" and m.num_inference_steps == 5 and len(m.log_probs) == 3
+    assert all(math.isfinite(v) for v in m.actions)

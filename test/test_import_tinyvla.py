@@ -452,3 +452,16 @@ def test_a_stats_pickle_that_would_run_code_is_refused_before_it_runs(tmp_path):
     with pytest.raises(SourceError, match="dataset_stats.pkl: refused to load builtins.exec"):
         import_tinyvla(run, base=base)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_policy_node_runs_an_imported_tinyvla_run_over_dds(tmp_path):
+    """policy_node loads the imported checkpoint with its BPE tokenizer and samples chunks for
+    the sim's 9 joints and 4 end-effector actions from the camera's frames."""
+    from ros_harness import chunks_from_policy_node
+    c = dict(C, Ds=9, Da=4, S=32, cams=1)
+    run, base = write_run(tmp_path, c, config_overrides={"concat": "None"})
+    assert import_main([str(run), str(tmp_path / "ckpt"), "--base", str(base)]) == 0
+    m = chunks_from_policy_node(tmp_path, tmp_path / "ckpt", 4, image_size=32)[-1]
+    assert (m.horizon, m.action_dim, m.executed_steps) == (8, 4, 4)
+    assert m.scheduler == "ddim" and m.num_inference_steps == 10 and len(m.log_probs) == 3
+    assert all(math.isfinite(v) for v in m.actions)
