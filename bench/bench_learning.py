@@ -97,8 +97,9 @@ def same_recipe(stored: dict, spec: dict) -> bool:
 def run_one(job: dict, args) -> dict:
     out = Path(job["out"])
     if out.is_file() and not args.rerun:
-        stored = json.loads(out.read_text())
-        if same_recipe(stored, job["spec"]):
+        stored = json.loads(out.read_text())        # the same SFT start (cache key) and recipe
+        if Path(stored.get("checkpoint", "")).name == Path(job["ckpt"]).name and \
+                same_recipe(stored, job["spec"]):
             return stored
         print(f"{out.name}: stored with another recipe; kept as .stale.json, running again",
               flush=True)
@@ -193,6 +194,9 @@ def recipe_options(ap: argparse.ArgumentParser) -> None:
     """The SFT start's options and the run, learner and sampler recipe, as options."""
     ap.add_argument("--demos", type=int, default=0, help="SFT demos (0: per task, TASK_SFT)")
     ap.add_argument("--sft-steps", type=int, default=3000, help="SFT steps, with --demos")
+    ap.add_argument("--architecture", default="tinyvla", choices=("tinyvla", "diffusion_policy"),
+                    help="the SFT start's model: the package's TinyVLA-shaped one or the "
+                    "LeRobot-shaped DiffusionPolicy (what an imported LeRobot policy runs on)")
     add_arguments(ap.add_argument_group("run (sim/metaworld_grpo.RunConfig)"), RunConfig,
                   skip=("preset",))
     add_arguments(ap.add_argument_group("learner (core/config.GRPOConfig)"), GRPOConfig,
@@ -233,7 +237,8 @@ def main() -> None:
         ap.error(str(e))
     t0 = time.time()
     ckpts = {t: str(task_sft_start(t, ROOT / "cache" / "sft", args.goal_marker_radius,
-                                   args.demos, args.sft_steps)) for t in args.tasks}
+                                   args.demos, args.sft_steps, args.architecture))
+             for t in args.tasks}
     run_dir = RESULTS / "runs" / args.out
     jobs = [{"task": t, "seed": s, "spec": specs[p], "ckpt": ckpts[t],
              "out": str(run_dir / f"{t}-s{s}-{slug(p)}.json")}

@@ -184,7 +184,8 @@ def main() -> None:
         ap.error(str(e))
     t0 = time.time()
     ckpts = {t: str(task_sft_start(t, bl.ROOT / "cache" / "sft", args.goal_marker_radius,
-                                   args.demos, args.sft_steps)) for t in args.tasks}
+                                   args.demos, args.sft_steps, args.architecture))
+             for t in args.tasks}
     run_dir = bl.RESULTS / "runs" / args.out
     jobs = []
     for s in args.seeds:              # a seed's whole comparison first: partial grids compare

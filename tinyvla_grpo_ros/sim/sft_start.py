@@ -35,12 +35,12 @@ TASK_SFT = {"reach-v3": (60, 3000), "button-press-topdown-v3": (10, 1000), "push
 
 
 def task_sft_start(task: str, cache: Path, goal_marker_radius: float = 0.04, demos: int = 0,
-                   steps: int = 0) -> Path:
+                   steps: int = 0, architecture: str = "tinyvla") -> Path:
     """The SFT start of `task` (built once, then cached): TASK_SFT's demos and steps unless
-    `demos` > 0 is given."""
+    `demos` > 0 is given; `architecture` "diffusion_policy" trains the LeRobot-shaped model."""
     demos, steps = (demos, steps) if demos else TASK_SFT.get(task, (60, 3000))
     return build_sft_start(task, demos, steps, cache=cache,
-                           goal_marker_radius=goal_marker_radius)
+                           goal_marker_radius=goal_marker_radius, architecture=architecture)
 
 
 def build_sft_start(task: str = "reach-v3", demos: int = 60, steps: int = 3000,
