@@ -465,3 +465,10 @@ def test_policy_node_runs_an_imported_tinyvla_run_over_dds(tmp_path):
     assert (m.horizon, m.action_dim, m.executed_steps) == (8, 4, 4)
     assert m.scheduler == "ddim" and m.num_inference_steps == 10 and len(m.log_probs) == 3
     assert all(math.isfinite(v) for v in m.actions)
+
+
+def test_a_run_without_its_base_model_asks_for_it(tmp_path):
+    run, base = write_run(tmp_path)
+    with pytest.raises(SourceError, match="give the model it was trained from with --base"):
+        import_tinyvla(run)
+    assert import_main([str(run), str(tmp_path / "ckpt")]) == 2

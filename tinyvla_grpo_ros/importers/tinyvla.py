@@ -287,6 +287,10 @@ def import_tinyvla(src: Path, base: Path | None = None, cameras: int | None = No
             k = k[len(PREFIX):] if k.startswith(PREFIX) else k
             if "lora_" not in k:
                 weights[k], origin[k] = v, nl
+    if "gpt_neox.embed_in.weight" not in weights:
+        raise SourceError(f"{ckpt}: the run's files hold no base weights (no "
+                          "gpt_neox.embed_in.weight): give the model it was trained from with "
+                          "--base" + (f" ({base} has none either)" if base else ""))
     merged = merge_lora(weights, ckpt)
     source = TensorSource()
     for f in sorted(set(origin.values())):
