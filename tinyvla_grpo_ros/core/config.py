@@ -86,7 +86,6 @@ class ModelConfig:
     # --- what an imported TinyVLA run needs (importers/tinyvla.py); the defaults are the
     # package's own model ---
     vit_intermediate: int = 0               # CLIP MLP width (0: 4 x vit_hidden)
-    vit_select_layer: int = -1              # hidden state taken from the ViT (-2: LLaVA's)
     vit_patch_only: bool = False            # drop the CLS token (LLaVA's "patch" features)
     projector: str = "linear"               # ViT -> LM: "linear" or "mlp<N>x_gelu"
     image_mean: tuple[float, ...] = ()      # per-channel pixel mean/std on [0, 1] (CLIP's);
