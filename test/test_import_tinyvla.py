@@ -472,3 +472,16 @@ def test_a_run_without_its_base_model_asks_for_it(tmp_path):
     with pytest.raises(SourceError, match="give the model it was trained from with --base"):
         import_tinyvla(run)
     assert import_main([str(run), str(tmp_path / "ckpt")]) == 2
+
+
+def test_an_unreadable_tokenizer_is_named_on_import_and_on_load(tmp_path):
+    run, base = write_run(tmp_path)
+    assert import_main([str(run), str(tmp_path / "ckpt"), "--base", str(base)]) == 0
+    (tmp_path / "ckpt" / "tokenizer.json").write_text("{torn")
+    with pytest.raises(ValueError, match="ckpt: tokenizer.json: not a tokenizers"):
+        load_checkpoint(tmp_path / "ckpt")
+    (run / "tokenizer.json").write_bytes(b"\xff\xfe not text")
+    with pytest.raises(SourceError, match="tokenizer.json: "):
+        import_tinyvla(run, base=base)
+    assert import_main([str(run), str(tmp_path / "ckpt2"), "--base", str(base)]) == 2
+    assert not (tmp_path / "ckpt2").exists()

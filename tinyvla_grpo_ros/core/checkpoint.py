@@ -99,6 +99,9 @@ def load_checkpoint(directory: Path, map_location: str | torch.device = "cpu"
         if not tok.is_file():
             raise FileNotFoundError(f"checkpoint {directory}: its model's tokenizer is 'bpe' and "
                                     "tokenizer.json is missing")
-        model.attach_tokenizer(tok.read_text())
+        try:
+            model.attach_tokenizer(tok.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"checkpoint {directory}: tokenizer.json: {e}") from e
     return (model.to(map_location), stored_sampler_config(data.get("sampler", {})),
             data.get("meta", {}))

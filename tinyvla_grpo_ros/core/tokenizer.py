@@ -42,7 +42,10 @@ class PromptText:
         self._tok = None
         if tokenizer_json is not None:
             from tokenizers import Tokenizer
-            self._tok = Tokenizer.from_str(tokenizer_json)
+            try:
+                self._tok = Tokenizer.from_str(tokenizer_json)
+            except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
+                raise ValueError(f"not a tokenizers tokenizer.json ({e})") from e
         self._cache: dict[str, tuple[list[int], list[int]]] = {}
 
     def _ids(self, text: str) -> list[int]:

@@ -28,6 +28,7 @@ from ..core.checkpoint import check_state_dict
 from ..core.config import ModelConfig, SamplerConfig
 from ..core.model import build_model
 from ..core.safe_load import SourceError, TensorSource, load_numpy_pickle, load_tensors
+from ..core.tokenizer import PromptText
 
 PREFIX = "base_model.model."
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)          # OpenAI CLIP's image processor
@@ -276,6 +277,11 @@ def import_tinyvla(src: Path, base: Path | None = None, cameras: int | None = No
     tok_path = run / "tokenizer.json"
     if not tok_path.is_file():
         raise SourceError(f"{tok_path}: missing (the run's tokenizer)")
+    try:
+        tok_text = tok_path.read_text()
+        PromptText(PROMPT, tok_text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SourceError(f"{tok_path}: {e}") from e
     weights: dict[str, torch.Tensor] = {}
     origin: dict[str, Path] = {}
     for f in _base_files(Path(base)) if base else []:
@@ -318,7 +324,7 @@ def import_tinyvla(src: Path, base: Path | None = None, cameras: int | None = No
     source.check_all_accounted()
     check_state_dict(model.state_dict(), state, f"import of {src}")
     model.load_state_dict(state, strict=True)
-    model.attach_tokenizer(tok_path.read_text())
+    model.attach_tokenizer(tok_text)
     return model.eval(), scfg, {"source": "tinyvla", "source_dir": str(run.resolve()),
                                 "checkpoint": ckpt.name, "lora_modules_merged": merged,
                                 "base": str(Path(base).resolve()) if base else None,
