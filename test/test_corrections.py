@@ -230,3 +230,28 @@ def test_a_restarted_learner_fills_its_window_from_the_newest_stored_corrections
     window = CorrectionWindow(capacity=2)                                  # keeps the newest
     window.add(got)
     assert len(window) == 2 and list(window.episode_ids) == ["v2e0", "v2e2"]
+
+
+def test_with_observation_history_the_operators_actions_are_learned_at_the_executed_indices():
+    """A policy whose chunk starts To - 1 steps back (n_obs_steps To) executes from index To - 1:
+    the operator's actions move there (the index before holds the first, as LeRobot pads an
+    episode's start), and only the executed indices are scored."""
+    from tinyvla_grpo_ros.core.correction_window import CorrectionBatch
+    from tinyvla_grpo_ros.core.sampler import build_scheduler
+    from tinyvla_grpo_ros.core.sft import denoising_loss
+    a0 = torch.arange(2 * 4 * 2, dtype=torch.float32).reshape(2, 4, 2) / 16
+    batch = CorrectionBatch(random_obs(tiny_model().config, B=2), a0, torch.tensor([4, 2]))
+    assert torch.equal(batch.shifted(0).a0, a0)
+    moved = batch.shifted(1)
+    assert torch.equal(moved.a0[:, 1:], a0[:, :3]) and moved.executed.tolist() == [3, 2]
+    model, sched = tiny_model(), build_scheduler(tiny_model().config, "ddpm")
+    draws = (torch.randn(2, 4, 2, generator=torch.Generator().manual_seed(0)),
+             torch.tensor([3, 17]))
+    loss = denoising_loss(model, sched, moved.obs, moved.a0, None, moved.executed,
+                          draws=draws, offset=1)
+    with torch.no_grad():
+        pred = model(sched.add_noise(moved.a0, draws[0], draws[1]), draws[1],
+                     model.encode(moved.obs))
+    err = ((pred - draws[0]) ** 2).sum(-1)                 # (2, Ta)
+    counted = err[0, 1:4].sum() + err[1, 1:3].sum()        # from index 1: 3 and 2 actions
+    assert torch.allclose(loss, counted / (5 * 2), atol=1e-6)

@@ -28,6 +28,8 @@ V04 = dict(layout="v0.4", cams=["observation.images.top", "observation.images.wr
            separate=True, Ds=5, Da=3, horizon=8, n_action=4, sched="DDPM", K=None)
 V03 = dict(V04, layout="v0.3", cams=["observation.image"], crop=None, film_scale=False,
            group_norm=True, separate=False, sched="DDIM", K=5)
+HIST = dict(V04, To=2, n_action=6)        # observation history: two steps, LeRobot's default
+HIST_SHARED = dict(V03, To=3, n_action=5)
 
 
 # ----- the source: LeRobot's tensor names and shapes -----
@@ -81,7 +83,7 @@ def lerobot_tensors(c: dict, seed: int = 0) -> dict[str, torch.Tensor]:
         names |= {e + "pool.nets.weight": (c["kp"], 512, 1, 1), e + "pool.nets.bias": (c["kp"],),
                   e + "out.weight": (2 * c["kp"], 2 * c["kp"]), e + "out.bias": (2 * c["kp"],)}
     u, dsed = "diffusion.unet.", c["dsed"]
-    cond = dsed + c["Ds"] + len(c["cams"]) * 2 * c["kp"]
+    cond = dsed + c.get("To", 1) * (c["Ds"] + len(c["cams"]) * 2 * c["kp"])
     names |= {u + "diffusion_step_encoder.1.weight": (4 * dsed, dsed),
               u + "diffusion_step_encoder.1.bias": (4 * dsed,),
               u + "diffusion_step_encoder.3.weight": (dsed, 4 * dsed),
@@ -139,7 +141,7 @@ def write_lerobot_dir(tmp, c: dict, tensors=None, stats=None, config_overrides=N
     d.mkdir(parents=True, exist_ok=True)
     tensors = dict(lerobot_tensors(c) if tensors is None else tensors)
     stats = lerobot_stats(c) if stats is None else stats
-    config = {"type": "diffusion", "n_obs_steps": 1, "horizon": c["horizon"],
+    config = {"type": "diffusion", "n_obs_steps": c.get("To", 1), "horizon": c["horizon"],
               "n_action_steps": c["n_action"],
               "input_features": {"observation.state": {"type": "STATE", "shape": [c["Ds"]]}} | {
                   cam: {"type": "VISUAL", "shape": [3, c["S"], c["S"]]} for cam in c["cams"]},
@@ -229,19 +231,20 @@ def ref_res(P, q, x, cond, c):
 
 
 def ref_eps(P, stats, c, images, state, x, t):
-    """LeRobot's eps prediction: images (B, Nc, H, W, 3) uint8, state (B, Ds), x (B, Ta, Da)."""
-    B = images.shape[0]
+    """LeRobot's eps prediction: images (B, To, Nc, H, W, 3) uint8, state (B, To, Ds), x (B, Ta,
+    Da); the global condition is [state, camera features] per observation step, flattened."""
+    B, To = images.shape[:2]
     feats = []
     for i, cam in enumerate(c["cams"]):
-        img = images[:, i].permute(0, 3, 1, 2).float() / 255.0
+        img = images[:, :, i].flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0   # (B*To, ...)
         img = (img - stats[cam]["mean"]) / (stats[cam]["std"] + 1e-8)
         if c["crop"]:
             top = int(round((c["S"] - c["crop"]) / 2.0))
             img = img[..., top:top + c["crop"], top:top + c["crop"]]
         e = f"diffusion.rgb_encoder.{i}." if c["separate"] else "diffusion.rgb_encoder."
-        feats.append(ref_encoder(P, e, img, c))
+        feats.append(ref_encoder(P, e, img, c).reshape(B, To, -1))
     smin, smax = stats["observation.state"]["min"], stats["observation.state"]["max"]
-    gcond = torch.cat([2 * (state - smin) / (smax - smin) - 1] + feats, dim=-1)
+    gcond = torch.cat([2 * (state - smin) / (smax - smin) - 1] + feats, dim=-1).flatten(1)
     half = c["dsed"] // 2
     freq = torch.exp(torch.arange(half) * -(math.log(10000) / (half - 1)))
     arg = t.float()[:, None] * freq[None]
@@ -276,23 +279,26 @@ def ref_eps(P, stats, c, images, state, x, t):
 
 
 def obs_for(c, B=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Observation(torch.randint(0, 256, (B, len(c["cams"]), c["S"], c["S"], 3), generator=g,
-                                     dtype=torch.uint8), torch.randn((B, c["Ds"]), generator=g),
-                       ["ignored"] * B)
+    """The package's observation: (B, To * Nc, S, S, 3) frames and (B, To * Ds) states."""
+    g, To = torch.Generator().manual_seed(seed), c.get("To", 1)
+    return Observation(torch.randint(0, 256, (B, To * len(c["cams"]), c["S"], c["S"], 3),
+                                     generator=g, dtype=torch.uint8),
+                       torch.randn((B, To * c["Ds"]), generator=g), ["ignored"] * B)
 
 
-@pytest.mark.parametrize("c", [V04, V03], ids=["v0.4-batchnorm-2cams", "v0.3-groupnorm"])
+@pytest.mark.parametrize("c", [V04, V03, HIST, HIST_SHARED], ids=[
+    "v0.4-batchnorm-2cams", "v0.3-groupnorm", "history-2-steps-2cams", "history-3-steps-shared"])
 def test_imported_noise_prediction_matches_lerobots_computation(tmp_path, c):
     src = write_lerobot_dir(tmp_path, c)
     model, scfg, meta = import_lerobot(src)
     P, stats = lerobot_tensors(c), lerobot_stats(c)
-    obs = obs_for(c)
+    obs, To, Nc = obs_for(c), c.get("To", 1), len(c["cams"])
     x = torch.randn(3, c["horizon"], c["Da"], generator=torch.Generator().manual_seed(2))
     t = torch.tensor([0, 37, 99])
     with torch.no_grad():
         ours = model(x, t, model.encode(obs))
-        ref = ref_eps(P, stats, c, obs.images, obs.state, x, t)
+        ref = ref_eps(P, stats, c, obs.images.reshape(3, To, Nc, *obs.images.shape[2:]),
+                      obs.state.reshape(3, To, c["Ds"]), x, t)
     assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-5), (ours - ref).abs().max()
     assert scfg.scheduler == c["sched"].lower() and scfg.executed_steps == c["n_action"]
     assert scfg.num_inference_steps == (c["K"] or 100) and meta["cameras"] == c["cams"]
@@ -300,15 +306,36 @@ def test_imported_noise_prediction_matches_lerobots_computation(tmp_path, c):
     sampler = DiffusionSampler(model.config, scfg, sft_model=model)
     chunk = sampler.sample(model, obs, deterministic=True)
     lo, hi = stats["action"]["min"], stats["action"]["max"]
-    x0 = chunk.chain[:, -1]
+    x0 = chunk.chain[:, -1, To - 1:]         # LeRobot executes from n_obs_steps - 1 on
+    assert chunk.actions.shape == (3, c["horizon"] - To + 1, c["Da"])
     assert torch.allclose(chunk.actions, (x0 + 1) / 2 * (hi - lo) + lo, atol=1e-6)
 
 
-def test_sampling_rescoring_and_one_grpo_update_touch_only_the_adapter(tmp_path):
-    c = dict(V03, K=4)
+def test_with_history_the_log_prob_scores_the_executed_actions_from_index_to_minus_one(tmp_path):
+    """LeRobot executes actions[To-1 : To-1+n_action_steps]: those, and only those, are scored."""
+    c = dict(HIST, K=4)
     model, scfg, _ = import_lerobot(write_lerobot_dir(tmp_path, c))
-    scfg = type(scfg)(**{**scfg.to_dict(), "stochastic_steps": 2})
-    assert_rl_ready(model, scfg, obs_for(c, B=2), "pick")
+    sampler = DiffusionSampler(model.config, type(scfg)(**{**scfg.to_dict(),
+                                                           "stochastic_steps": 2}), model)
+    obs = obs_for(c, B=2)
+    chunk = sampler.sample(model, obs, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        lp = sampler.chain_log_prob(model, obs, chunk.chain)
+        assert torch.allclose(lp, chunk.log_probs, atol=1e-4)
+        for index, counted in ((0, False), (1, True), (6, True), (7, False)):
+            moved = chunk.chain.clone()
+            moved[:, -1, index] += 0.5                   # x_0, at one chunk index
+            changed = not torch.allclose(sampler.chain_log_prob(model, obs, moved), lp)
+            assert changed == counted, index
+    with pytest.raises(ValueError, match="overrun the horizon 8: at most 7"):
+        DiffusionSampler(model.config, type(scfg)(**{**scfg.to_dict(), "executed_steps": 8}))
+
+
+def test_sampling_rescoring_and_one_grpo_update_touch_only_the_adapter(tmp_path):
+    for c in (dict(V03, K=4), dict(HIST_SHARED, K=4)):
+        model, scfg, _ = import_lerobot(write_lerobot_dir(tmp_path / str(c.get("To")), c))
+        scfg = type(scfg)(**{**scfg.to_dict(), "stochastic_steps": 2})
+        assert_rl_ready(model, scfg, obs_for(c, B=2), "pick")
 
 
 def test_the_cli_writes_a_checkpoint_every_node_loads_and_export_round_trips(tmp_path):
@@ -329,7 +356,8 @@ def test_the_cli_writes_a_checkpoint_every_node_loads_and_export_round_trips(tmp
 
 
 @pytest.mark.parametrize("edit,words", [
-    ({"config": {"n_obs_steps": 2}}, "n_obs_steps = 2 is not supported: observation history"),
+    ({"config": {"n_obs_steps": 2, "n_action_steps": 8}},
+     "n_action_steps = 8 is not supported: at most horizon - n_obs_steps + 1 = 7"),
     ({"config": {"vision_backbone": "resnet34"}}, "vision_backbone = 'resnet34'"),
     ({"config": {"prediction_type": "sample"}}, "prediction_type = 'sample'"),
     ({"nan": "diffusion.unet.final_conv.1.weight"},
@@ -371,3 +399,101 @@ def test_policy_node_runs_an_imported_lerobot_policy_over_dds(tmp_path):
     assert (m.horizon, m.action_dim, m.executed_steps) == (8, 4, 4)
     assert m.scheduler == "ddim" and m.num_inference_steps == 5 and len(m.log_probs) == 3
     assert all(math.isfinite(v) for v in m.actions)
+
+
+def test_the_sim_runner_gives_a_history_policy_consecutive_control_steps(tmp_path):
+    """In Meta-World, a To = 2 policy decides on the frames and joints of the control step before
+    the decision and of the decision's own (the first decision: the reset frame twice), and
+    what it recorded re-scores to its log-probs."""
+    from tinyvla_grpo_ros.sim.metaworld_scene import MetaWorldScene
+    from tinyvla_grpo_ros.sim.rollout import run_lockstep
+    c = dict(HIST_SHARED, To=2, Ds=9, Da=4, S=32, K=4, n_action=4)
+    model, scfg, _ = import_lerobot(write_lerobot_dir(tmp_path, c))
+    sampler = DiffusionSampler(model.config, type(scfg)(**{**scfg.to_dict(),
+                                                           "stochastic_steps": 2}), model)
+    scene = MetaWorldScene("reach-v3", image_size=32, max_steps=12)
+    ep = run_lockstep([scene], model, sampler, [3], False, torch.Generator().manual_seed(0),
+                      record=True)[0]
+    assert len(ep.frames) == 3
+    first, second = ep.frames[0], ep.frames[1]
+    assert first["images"].shape == (2, 32, 32, 3) and first["states"].shape == (18,)
+    assert torch.equal(first["images"][0], first["images"][1])
+    executed = model.normalizer.unnormalize_action(first["chains"][-1])[1:5].numpy()
+    replay = MetaWorldScene("reach-v3", image_size=32, max_steps=12)
+    replay.reset(3)
+    for j, a in enumerate(executed):
+        replay.step(a)
+        if j == len(executed) - 2:
+            before = replay.render(), replay.joint_positions()
+    assert np.array_equal(second["images"][0].numpy(), before[0])
+    assert np.array_equal(second["images"][1].numpy(), replay.render())
+    assert np.allclose(second["states"].numpy(), np.concatenate([before[1],
+                                                                 replay.joint_positions()]))
+    obs = Observation(torch.stack([f["images"] for f in ep.frames]),
+                      torch.stack([f["states"] for f in ep.frames]), ["x"] * 3)
+    with torch.no_grad():
+        lp = sampler.chain_log_prob(model, obs, torch.stack([f["chains"] for f in ep.frames]))
+    assert torch.allclose(lp, torch.stack([f["log_probs"] for f in ep.frames]), atol=1e-4)
+    scene.close()
+    replay.close()
+
+
+def test_policy_node_keeps_the_observation_history_a_lerobot_policy_needs(tmp_path):
+    """Over DDS, with a camera and joint states at the control rate: each chunk carries the To
+    frames and states it was decided on (one control period apart), and a deterministic
+    chunk's actions are the model's on exactly those. One frame per decision
+    (decision_period_s 0) gives no history: the node refuses it at start, by name."""
+    import time
+
+    from ros_harness import Client, SensorFeed, launch_policy_node
+    from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
+
+    from tinyvla_grpo_ros.core.policy_runtime import PolicyRuntime
+    from tinyvla_grpo_ros.nodes.ros_common import LATCHED, RELIABLE, image_to_numpy
+    c = dict(HIST_SHARED, To=2, Ds=9, Da=4, S=32, K=5, n_action=4)
+    ckpt = tmp_path / "ckpt"
+    assert import_main([str(write_lerobot_dir(tmp_path, c)), str(ckpt)]) == 0
+    (tmp_path / "clockless").mkdir()
+    refused, _ = launch_policy_node(tmp_path / "clockless", 4, checkpoint=ckpt)
+    deadline = time.monotonic() + 60
+    while refused.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert refused.poll() is not None and refused.poll()[1] != 0
+    refused.stop()
+    assert "decisions on a clock (decision_period_s -1 or > 0)" in \
+        (tmp_path / "clockless" / "policy_node.log").read_text()
+    launch, _ = launch_policy_node(tmp_path, 4, checkpoint=ckpt, decision_period_s="-1.0")
+    client, chunks = Client("history"), []
+    client.node.create_subscription(ActionChunk, "action_chunk",
+                                    lambda m: chunks.append(m) if m.horizon else None, RELIABLE)
+    feed = SensorFeed(client.node, image_size=32)
+    client.node.create_publisher(EpisodeState, "episode_state", LATCHED).publish(EpisodeState(
+        state=EpisodeState.RUNNING, episode_id="e1", task_id="reach-v3", deterministic=True,
+        init_state_id=7))
+    try:
+        deadline, tick = time.monotonic() + 120, 0
+        while len(chunks) < 3 and time.monotonic() < deadline:
+            assert launch.poll() is None, (tmp_path / "policy_node.log").read_text()[-2000:]
+            feed.publish(np.full((32, 32, 3), tick % 256, np.uint8))     # 80 Hz
+            tick += 1
+            client.executor.spin_once(timeout_sec=0.0)
+            time.sleep(0.0125)
+        assert len(chunks) >= 3, (tmp_path / "policy_node.log").read_text()[-2000:]
+    finally:
+        client.close()
+        launch.stop()
+    runtime = PolicyRuntime(ckpt, ["reach-v3"], tmp_path / "adapters")
+    for m in chunks[1:3]:
+        assert len(m.images) == 2 and len(m.joint_positions) == 18
+        older, current = (Time_s(i.header.stamp) for i in m.images)
+        assert 0.0 < current - older <= 0.0125 + 0.1        # one period back, within the gap
+        frames = np.stack([image_to_numpy(i) for i in m.images])
+        assert frames[0, 0, 0, 0] != frames[1, 0, 0, 0]       # two different frames
+        chunk, _, _ = runtime.act(frames, np.asarray(m.joint_positions), m.instruction,
+                                  deterministic=True, paired=(0, 7, m.chunk_index))
+        ours = np.clip(chunk.actions[0].numpy(), -1, 1)
+        assert np.allclose(np.asarray(m.actions).reshape(m.horizon, 4), ours, atol=1e-5)
+
+
+def Time_s(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9

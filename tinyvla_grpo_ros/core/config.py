@@ -83,6 +83,9 @@ class ModelConfig:
     dp_backbone_norm: str = "batch"         # ResNet-18 norms: "batch" (frozen stats) or "group"
     dp_separate_encoders: bool = True       # one image encoder per camera
     dp_crop: int = 0                        # center crop side before the encoder (0: none)
+    n_obs_steps: int = 1                    # To: frames and states conditioned on, one control
+    #                                         step apart, oldest first (diffusion_policy only);
+    #                                         the executed actions then start at chunk index To-1
     # --- what an imported TinyVLA run needs (importers/tinyvla.py); the defaults are the
     # package's own model ---
     vit_intermediate: int = 0               # CLIP MLP width (0: 4 x vit_hidden)
@@ -132,6 +135,9 @@ class ModelConfig:
             if not 0 <= self.dp_crop <= self.image_size or self.dp_keypoints < 1:
                 raise ValueError(f"dp_crop must lie in [0, image_size], dp_keypoints >= 1; got "
                                  f"{self.dp_crop}, {self.dp_keypoints}")
+        elif self.n_obs_steps != 1:
+            raise ValueError(f"n_obs_steps {self.n_obs_steps}: observation history is "
+                             "supported by the diffusion_policy architecture only")
         elif self.vision not in ("cnn", "vit"):
             raise ValueError(f"vision must be 'cnn' or 'vit', got {self.vision!r}")
         tinyvla = self.architecture == "tinyvla"
@@ -146,12 +152,21 @@ class ModelConfig:
         if self.horizon % (2 ** (len(self.down_dims) - 1)):
             raise ValueError(f"horizon (Ta) {self.horizon} must be divisible by "
                              f"2^(len(down_dims)-1) = {2 ** (len(self.down_dims) - 1)}")
+        if not 1 <= self.n_obs_steps <= self.horizon:
+            raise ValueError(f"n_obs_steps must lie in [1, horizon={self.horizon}], got "
+                             f"{self.n_obs_steps}")
         for name in ("num_cameras", "state_dim", "action_dim", "horizon", "num_train_timesteps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if any(d % self.n_groups for d in self.down_dims):
             raise ValueError(f"every down_dims entry must be divisible by n_groups "
                              f"{self.n_groups}")
+
+    @property
+    def action_offset(self) -> int:
+        """Chunk index of the first executed action: the chunk starts at the oldest observation
+        (LeRobot's layout), so with To observations the current step is index To - 1."""
+        return self.n_obs_steps - 1
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -306,6 +321,9 @@ class PolicyNodeConfig:
                                    "uses, by stamp and by arrival", lo=0.01, hi=60.0)
     future_tolerance_s: float = setting(0.5, "max time an input's stamp may lie ahead of this "
                                         "node's clock (unsynchronized clocks)", lo=0.0, hi=60.0)
+    history_gap_s: float = setting(0.1, "a policy with observation history (n_obs_steps > 1): "
+                                   "max age of the frame or joint reading that stands for an "
+                                   "earlier control step, behind that step", lo=0.0, hi=60.0)
     image_fit: str = setting("crop", "how a non-square camera frame becomes the model's square "
                              "input: center crop or pad (as the SFT data were made)",
                              choices=("crop", "pad"))

@@ -36,6 +36,16 @@ class CorrectionBatch:
     def select(self, idx: torch.Tensor) -> CorrectionBatch:
         return CorrectionBatch(self.obs.select(idx), self.a0[idx], self.executed[idx])
 
+    def shifted(self, offset: int) -> CorrectionBatch:
+        """The chunks as a policy whose executed actions start at chunk index `offset` (To - 1
+        observation steps back) is trained on them: the operator's actions moved to start there,
+        the indices before it holding the first one, as LeRobot pads an episode's start (they
+        enter the noised input, not the loss), and the executed counts cut to what still fits
+        the horizon."""
+        Ta = self.a0.shape[1]
+        a0 = torch.cat([self.a0[:, :1].expand(-1, offset, -1), self.a0[:, :Ta - offset]], 1)
+        return CorrectionBatch(self.obs, a0, self.executed.clamp(max=Ta - offset))
+
 
 class CorrectionWindow:
     def __init__(self, capacity: int) -> None:

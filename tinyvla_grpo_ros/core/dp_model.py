@@ -1,16 +1,19 @@
 """A LeRobot-shaped Diffusion Policy (ModelConfig.architecture "diffusion_policy"): the network of
 LeRobot's DiffusionPolicy, built here so that its checkpoints import with parity.
 
-    images (B, Nc, H, W, 3) uint8 ─ /255, per-camera mean/std, center crop ─ ResNet-18 trunk ─
-        spatial softmax (K keypoints) ─ Linear + ReLU ─> (B, Nc * 2K)   (one encoder per camera
-        or one shared)
-    state (B, Ds) ─ min/max to [-1, 1] ─> cond = [state, camera 0 features, camera 1, ...]
+    images (B, To*Nc, H, W, 3) uint8 ─ /255, per-camera mean/std, center crop ─ ResNet-18
+        trunk ─ spatial softmax (K keypoints) ─ Linear + ReLU ─> (B, To, Nc * 2K)   (one encoder
+        per camera or one shared)
+    state (B, To*Ds) ─ min/max to [-1, 1] ─> per step [state, camera 0 features, camera 1, ...],
+        the To steps concatenated oldest first ─> cond (B, To * (Ds + Nc * 2K))
     x_k (B, Ta, Da), k ─ ConditionalUnet1D (core/model.py; FiLM scale+bias or bias only) ─> eps
 
-No language: the instruction is ignored. One observation step (LeRobot's n_obs_steps 1). The
-ResNet-18 trunk is torchvision's layout (children 0..7: conv1, bn1, relu, maxpool, layer1..4);
-its norms are BatchNorm with frozen statistics (always evaluated with the stored running mean and
-variance, in training too) or GroupNorm(C / 16, C), as the source was trained.
+No language: the instruction is ignored. To = n_obs_steps observation steps, one control step
+apart (LeRobot's layout); the chunk starts at the oldest, so the executed actions start at index
+To - 1 (ModelConfig.action_offset). The ResNet-18 trunk is torchvision's layout (children 0..7:
+conv1, bn1, relu, maxpool, layer1..4); its norms are BatchNorm with frozen statistics (always
+evaluated with the stored running mean and variance, in training too) or GroupNorm(C / 16, C), as
+the source was trained.
 """
 from __future__ import annotations
 
@@ -152,29 +155,36 @@ class DiffusionPolicyModel(nn.Module):
         self.normalizer = DPNormalizer(cfg.action_dim, cfg.state_dim, cfg.num_cameras)
         n_enc = cfg.num_cameras if cfg.dp_separate_encoders else 1
         self.rgb_encoder = nn.ModuleList([RgbEncoder(cfg) for _ in range(n_enc)])
-        self.cond_dim = cfg.state_dim + cfg.num_cameras * 2 * cfg.dp_keypoints
+        self.cond_dim = cfg.n_obs_steps * (cfg.state_dim + cfg.num_cameras * 2 * cfg.dp_keypoints)
         self.head = ConditionalUnet1D(cfg, self.cond_dim)
 
     def encode(self, obs: Observation) -> torch.Tensor:
-        """Observation -> condition (B, Ds + Nc * 2K): [state, camera features in order]."""
+        """Observation -> condition (B, To * (Ds + Nc * 2K)): per observation step, oldest
+        first, [state, camera features in camera order]."""
         cfg = self.config
         imgs = checked_images(obs, cfg)
-        B, Nc, H, W, _ = imgs.shape
-        x = imgs.permute(0, 1, 4, 2, 3).float().div(255.0)                  # (B, Nc, 3, H, W)
-        if (H, W) != (cfg.image_size, cfg.image_size):
-            x = F.interpolate(x.reshape(B * Nc, 3, H, W), size=(cfg.image_size,) * 2,
+        To, Nc = cfg.n_obs_steps, cfg.num_cameras
+        B, _, H, W, _ = imgs.shape
+        if obs.state.shape[1:] != (To * cfg.state_dim,):
+            raise ValueError(f"state must be (B, To * Ds = {To} x {cfg.state_dim}), got "
+                             f"{tuple(obs.state.shape)}")
+        x = imgs.reshape(B * To, Nc, H, W, 3).permute(0, 1, 4, 2, 3).float().div(255.0)
+        if (H, W) != (cfg.image_size, cfg.image_size):               # x: (B*To, Nc, 3, H, W)
+            x = F.interpolate(x.reshape(B * To * Nc, 3, H, W), size=(cfg.image_size,) * 2,
                               mode="bilinear", antialias=True, align_corners=False
-                              ).reshape(B, Nc, 3, cfg.image_size, cfg.image_size)
+                              ).reshape(B * To, Nc, 3, cfg.image_size, cfg.image_size)
         x = self.normalizer.normalize_images(x)
         if cfg.dp_crop and cfg.dp_crop < cfg.image_size:
             top = int(round((cfg.image_size - cfg.dp_crop) / 2.0))
             x = x[..., top:top + cfg.dp_crop, top:top + cfg.dp_crop]
         if len(self.rgb_encoder) == 1:
-            feats = self.rgb_encoder[0](x.reshape(B * Nc, *x.shape[2:])).reshape(B, -1)
+            feats = self.rgb_encoder[0](x.reshape(B * To * Nc, *x.shape[2:]))
         else:
-            feats = torch.cat([enc(x[:, i]) for i, enc in enumerate(self.rgb_encoder)], dim=-1)
-        state = self.normalizer.normalize_state(obs.state.to(feats.dtype))
-        return torch.cat([state, feats], dim=-1)
+            feats = torch.stack([enc(x[:, i]) for i, enc in enumerate(self.rgb_encoder)], 1)
+        feats = feats.reshape(B, To, -1)                                    # (B, To, Nc * 2K)
+        state = self.normalizer.normalize_state(
+            obs.state.to(feats.dtype).reshape(B, To, cfg.state_dim))
+        return torch.cat([state, feats], dim=-1).reshape(B, -1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.head(x, t, cond)

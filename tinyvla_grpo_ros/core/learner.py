@@ -214,8 +214,9 @@ class GRPOLearner:
                             generator: torch.Generator | None = None) -> None:
         """Adds correction_weight x the denoising loss of the chunks `s` to .grad,
         micro-batched (the sum over micro-batches is the loss of the whole of `s`)."""
-        weight = self.cfg.correction_weight
-        normalizer = float(s.executed.clamp(max=s.a0.shape[1]).sum() * s.a0.shape[2])
+        weight, off = self.cfg.correction_weight, self.policy.model.config.action_offset
+        s = s.shifted(off)              # the operator's actions from the current step's index
+        normalizer = float(s.executed.sum() * s.a0.shape[2])
         noise, t = noise_draws(self.policy.model, s.a0.shape, generator)
         for start in range(0, len(s), self.cfg.micro_batch_size):
             rows = torch.arange(start, min(start + self.cfg.micro_batch_size, len(s)))
@@ -223,7 +224,7 @@ class GRPOLearner:
             loss = weight * denoising_loss(
                 self.policy.model, self.train_sched, m.obs, m.a0, None, m.executed,
                 normalizer=normalizer, draws=(noise[rows].to(self.device),
-                                              t[rows].to(self.device)))
+                                              t[rows].to(self.device)), offset=off)
             loss.backward()
             acc["correction_loss"] = acc.get("correction_loss", 0.0) + loss.item()
 

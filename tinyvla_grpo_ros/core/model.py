@@ -28,8 +28,8 @@ from .config import ModelConfig
 class Observation:
     """A batch of observations, as the policy consumes them."""
 
-    images: torch.Tensor          # (B, Nc, H, W, 3) uint8
-    state: torch.Tensor           # (B, Ds) float, robot units
+    images: torch.Tensor          # (B, To * Nc, H, W, 3) uint8, time-major (To: n_obs_steps)
+    state: torch.Tensor           # (B, To * Ds) float, robot units, oldest step first
     instruction: list[str]        # B strings
 
     def to(self, device: torch.device | str) -> Observation:
@@ -232,11 +232,13 @@ class ConditionalUnet1D(nn.Module):
 
 
 def checked_images(obs: Observation, cfg: ModelConfig) -> torch.Tensor:
-    """obs.images, refused by shape unless (B, Nc, H, W, 3) with the model's camera count."""
-    imgs = obs.images
-    if imgs.dim() != 5 or imgs.shape[1] != cfg.num_cameras or imgs.shape[-1] != 3:
-        raise ValueError(f"images must be (B, Nc={cfg.num_cameras}, H, W, 3) uint8, "
-                         f"got {tuple(imgs.shape)}")
+    """obs.images, refused by shape unless (B, To * Nc, H, W, 3) with the model's observation
+    steps and camera count (time-major: the oldest step's cameras first)."""
+    imgs, n = obs.images, cfg.n_obs_steps * cfg.num_cameras
+    if imgs.dim() != 5 or imgs.shape[1] != n or imgs.shape[-1] != 3:
+        what = f"To * Nc = {cfg.n_obs_steps} x {cfg.num_cameras}" if cfg.n_obs_steps > 1 \
+            else f"Nc={cfg.num_cameras}"
+        raise ValueError(f"images must be (B, {what}, H, W, 3) uint8, got {tuple(imgs.shape)}")
     return imgs
 
 

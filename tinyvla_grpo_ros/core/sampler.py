@@ -30,7 +30,9 @@ distribution the head was trained on). Evaluations fix x_K per (scene, decision)
 `paired_init_noise`, so that versions are compared on the same draws.
 
 log pi(chunk) = sum over the K' steps of log N(x_{k-1}; mu, std_k^2), each summed over the executed
-prefix (Ta_exec x Da). Per-step values are kept (B, K') because GRPO clips per denoising step.
+actions (Ta_exec x Da): the chunk's prefix, or with To > 1 observation steps the Ta_exec actions
+from index To - 1 (ModelConfig.action_offset; the chunk starts at the oldest observation). Per-step
+values are kept (B, K') because GRPO clips per denoising step.
 """
 from __future__ import annotations
 
@@ -52,9 +54,9 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 class Chunk:
     """One sampled batch of action chunks and what re-scoring needs."""
 
-    actions: torch.Tensor         # (B, Ta, Da) robot units
+    actions: torch.Tensor         # (B, Ta - To + 1, Da) robot units, from the current step on
     chain: torch.Tensor           # (B, K'+1, Ta, Da) normalized; chain[:, -1] = x_0
-    log_probs: torch.Tensor       # (B, K') per fine-tuned step, over the executed prefix
+    log_probs: torch.Tensor       # (B, K') per fine-tuned step, over the executed actions
     executed_steps: int           # Ta_exec
 
 
@@ -119,6 +121,12 @@ class DiffusionSampler:
         self.alphas_cumprod = acp.float()                                   # (T,) training table
         self.a_t, self.a_prev, self.sigma = a_t.float(), a_prev.float(), var.sqrt().float()
         self.first_stochastic = K - cfg.stochastic_steps                     # index of step K'
+        self.offset = model_cfg.action_offset
+        if self.offset + self.executed_steps() > model_cfg.horizon:
+            raise ValueError(f"executed_steps {self.executed_steps()} from chunk index "
+                             f"{self.offset} (n_obs_steps {model_cfg.n_obs_steps}) overrun the "
+                             f"horizon {model_cfg.horizon}: at most "
+                             f"{model_cfg.horizon - self.offset}")
 
     @property
     def stochastic_indices(self) -> torch.Tensor:
@@ -132,7 +140,7 @@ class DiffusionSampler:
         return self
 
     def executed_steps(self) -> int:
-        return self.cfg.executed_steps or self.model_cfg.horizon
+        return self.cfg.executed_steps or self.model_cfg.horizon - self.model_cfg.action_offset
 
     def step_mean_std(self, x: torch.Tensor, eps: torch.Tensor, idx: torch.Tensor,
                       stochastic: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,10 +165,11 @@ class DiffusionSampler:
 
     def gaussian_log_prob(self, x_prev: torch.Tensor, mean: torch.Tensor,
                           sigma: torch.Tensor, n_exec: int) -> torch.Tensor:
-        """log N(x_prev; mean, max(sigma, floor)^2) summed over the executed prefix -> (N,)."""
+        """log N(x_prev; mean, max(sigma, floor)^2) summed over the n_exec executed actions
+        (from chunk index `offset`) -> (N,)."""
         std = sigma.clamp(min=self.cfg.min_logprob_std)
         lp = -0.5 * ((x_prev - mean) / std) ** 2 - std.log() - LOG_SQRT_2PI     # (N, Ta, Da)
-        return lp[:, :n_exec].sum(dim=(1, 2))
+        return lp[:, self.offset:self.offset + n_exec].sum(dim=(1, 2))
 
     @torch.no_grad()
     def sample(self, model: TinyVLAPolicy, obs: Observation, generator: torch.Generator | None
@@ -201,7 +210,7 @@ class DiffusionSampler:
             x = x_prev
         chain_t = torch.stack(chain, 1) if chain else x[:, None]             # (B, K'+1, Ta, Da)
         lp = torch.stack(log_probs, 1) if log_probs else torch.zeros(B, 0, device=device)
-        return Chunk(model.normalizer.unnormalize_action(x), chain_t, lp, n_exec)
+        return Chunk(model.normalizer.unnormalize_action(x[:, self.offset:]), chain_t, lp, n_exec)
 
     @torch.no_grad()
     def prefix(self, model: TinyVLAPolicy, obs: Observation, init_noise: torch.Tensor,

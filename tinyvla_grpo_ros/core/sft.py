@@ -59,12 +59,14 @@ def noise_draws(model: TinyVLAPolicy, shape, generator: torch.Generator | None,
 def denoising_loss(model: TinyVLAPolicy, sched, obs: Observation, a0: torch.Tensor,
                    generator: torch.Generator | None, steps: torch.Tensor | None = None,
                    cond: torch.Tensor | None = None, normalizer: float | None = None,
-                   draws: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                   draws: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   offset: int = 0) -> torch.Tensor:
     """The eps-regression loss above on normalized chunks a0 (B, Ta, Da), the mean over its terms.
 
-    steps (B,), when given: only the first steps[b] actions of chunk b count (the executed
-    prefix), and the squared errors are summed and divided by `normalizer` (default: the
-    counted terms of this batch; pass the whole batch's count to micro-batch). `sched` is
+    steps (B,), when given: only the steps[b] actions of chunk b from index `offset` count (the
+    executed ones; ModelConfig.action_offset), and the squared errors are summed and divided by
+    `normalizer` (default: the counted terms of this batch; pass the whole batch's count to
+    micro-batch). `sched` is
     `build_scheduler(..., "ddpm")` (the training table). draws = (noise, t), when given, are used
     instead of drawing them (a micro-batch takes its rows of the whole batch's draws)."""
     noise, t = draws if draws is not None else noise_draws(model, a0.shape, generator,
@@ -75,7 +77,8 @@ def denoising_loss(model: TinyVLAPolicy, sched, obs: Observation, a0: torch.Tens
     if steps is None:
         return torch.nn.functional.mse_loss(pred, noise)
     err = (pred - noise) ** 2
-    mask = (torch.arange(a0.shape[1], device=a0.device)[None] < steps[:, None]).to(err.dtype)
+    idx = torch.arange(a0.shape[1], device=a0.device)[None]
+    mask = ((idx >= offset) & (idx < offset + steps[:, None])).to(err.dtype)
     if normalizer is None:
         normalizer = float(mask.sum() * a0.shape[2])
     return (err * mask[..., None]).sum() / max(normalizer, 1.0)
@@ -84,6 +87,9 @@ def denoising_loss(model: TinyVLAPolicy, sched, obs: Observation, a0: torch.Tens
 def train_sft(model: TinyVLAPolicy, demos: list[Demonstration], cfg: SFTConfig,
               log_path: Path | None = None, progress: bool = True) -> list[float]:
     """Fit the normalizer on the demos, then train every parameter by eps regression."""
+    if model.config.n_obs_steps != 1:
+        raise ValueError(f"SFT here trains on one observation step; the model has n_obs_steps "
+                         f"{model.config.n_obs_steps} (import such a policy trained elsewhere)")
     gen = torch.Generator().manual_seed(cfg.seed)
     data = DemoWindows(demos, model.config.horizon)
     model.normalizer.fit(torch.cat([d.actions for d in demos]).float(),

@@ -16,12 +16,12 @@ from .sampler import DiffusionSampler
 
 
 def random_obs(cfg: ModelConfig, B: int = 3, seed: int = 0) -> Observation:
-    """B random observations of the model's shape (uint8 images, Gaussian states)."""
-    g = torch.Generator().manual_seed(seed)
+    """B random observations of the model's shape (uint8 images, Gaussian states; To steps)."""
+    g, To = torch.Generator().manual_seed(seed), cfg.n_obs_steps
     return Observation(
-        torch.randint(0, 256, (B, cfg.num_cameras, cfg.image_size, cfg.image_size, 3),
+        torch.randint(0, 256, (B, To * cfg.num_cameras, cfg.image_size, cfg.image_size, 3),
                       generator=g, dtype=torch.uint8),
-        torch.randn((B, cfg.state_dim), generator=g),
+        torch.randn((B, To * cfg.state_dim), generator=g),
         ["pick the red block", "push", "open the drawer ✓"][:B] + ["x"] * max(0, B - 3))
 
 

@@ -44,9 +44,6 @@ def model_config(cfg: dict, path: Path) -> tuple[ModelConfig, SamplerConfig, lis
     get = lambda k, d=None: cfg.get(k, d)  # noqa: E731
     if get("type") != "diffusion":
         raise _refuse(path, "type", get("type"), "not a LeRobot diffusion policy")
-    if get("n_obs_steps", 1) != 1:
-        raise _refuse(path, "n_obs_steps", get("n_obs_steps"), "observation history is not "
-                      "supported yet (only n_obs_steps 1)")
     feats = get("input_features") or {}
     cams = [k for k, f in feats.items() if f.get("type") == "VISUAL"]
     other = [k for k, f in feats.items() if k != STATE and f.get("type") != "VISUAL"]
@@ -99,16 +96,16 @@ def model_config(cfg: dict, path: Path) -> tuple[ModelConfig, SamplerConfig, lis
             dp_keypoints=int(get("spatial_softmax_num_keypoints")),
             dp_backbone_norm="group" if get("use_group_norm") else "batch",
             dp_separate_encoders=bool(get("use_separate_rgb_encoder_per_camera", False)),
-            dp_crop=int(crop[0]) if crop else 0)
+            dp_crop=int(crop[0]) if crop else 0, n_obs_steps=int(get("n_obs_steps", 1)))
         k = int(get("num_inference_steps") or mcfg.num_train_timesteps)
         scfg = SamplerConfig(scheduler=sched.lower(), num_inference_steps=k,
                              stochastic_steps=min(3, k),
                              executed_steps=int(get("n_action_steps")))
     except (TypeError, ValueError, KeyError) as e:
         raise SourceError(f"{path}: {e}") from e
-    if scfg.executed_steps > mcfg.horizon:
-        raise _refuse(path, "n_action_steps", scfg.executed_steps, f"at most horizon "
-                      f"{mcfg.horizon}")
+    if scfg.executed_steps > mcfg.horizon - mcfg.action_offset:
+        raise _refuse(path, "n_action_steps", scfg.executed_steps, f"at most horizon - "
+                      f"n_obs_steps + 1 = {mcfg.horizon - mcfg.action_offset}")
     return mcfg, scfg, cams
 
 
@@ -233,8 +230,8 @@ def export_lerobot(model, scfg: SamplerConfig, dst: Path, cameras: list[str] | N
     cams = cameras or [f"observation.images.cam{i}" for i in range(mcfg.num_cameras)]
     s = mcfg.image_size
     config = {
-        "type": "diffusion", "n_obs_steps": 1, "horizon": mcfg.horizon,
-        "n_action_steps": scfg.executed_steps or mcfg.horizon,
+        "type": "diffusion", "n_obs_steps": mcfg.n_obs_steps, "horizon": mcfg.horizon,
+        "n_action_steps": scfg.executed_steps or mcfg.horizon - mcfg.action_offset,
         "input_features": {STATE: {"type": "STATE", "shape": [mcfg.state_dim]}} | {
             c: {"type": "VISUAL", "shape": [3, s, s]} for c in cams},
         "output_features": {ACTION: {"type": "ACTION", "shape": [mcfg.action_dim]}},

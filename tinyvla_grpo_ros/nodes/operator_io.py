@@ -157,7 +157,7 @@ class OperatorControl:
     def message(self, actions: np.ndarray, n_exec: int, episode, chunk_index: int, obs,
                 cameras: list[str], joint_names: list[str], instruction: str) -> ActionChunk:
         """An operator chunk: what the arm executes and what the correction loss imitates."""
-        images, state, oldest, used = obs
+        _, state, oldest, used, _ = obs
         with torch.no_grad():
             a = torch.as_tensor(actions, dtype=torch.float32).to(self.normalizer.action_min)
             norm = self.normalizer.normalize_action(a).clamp(-1, 1).cpu()

@@ -1,8 +1,11 @@
 """policy_node's conversions: messages in -> an observation, a chunk -> messages out.
 
-`Inputs` keeps the latest camera frames and joint readings; the functions build messages.
+`Inputs` keeps the latest camera frames and joint readings (and, for a policy with observation
+history, the episode's recent ones); the functions build messages.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from builtin_interfaces.msg import Duration
@@ -12,9 +15,18 @@ from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ..core.inputs import Freshness, JointTable, fit_image
+from ..core.observation_history import StampedHistory, history_steps
 from ..core.safety import ActionLimits
 from ..core.sampler import Chunk, DiffusionSampler
 from .ros_common import BadImage, image_to_numpy, numpy_to_image
+
+
+class DecisionObservation(NamedTuple):
+    images: np.ndarray        # (To * Nc, S, S, 3) fitted frames, oldest step first
+    state: np.ndarray         # (To * Ds,) joint positions, oldest step first
+    oldest: Time              # the oldest stamp of the current step's inputs
+    used: list[Image]         # the fitted frames as messages, in `images` order
+    current: np.ndarray       # (Ds,) the current step's joint positions
 
 
 class Inputs:
@@ -24,11 +36,19 @@ class Inputs:
     (core/inputs.JointTable). `observation()` fits every frame to the model's input size
     (crop or pad to a square, as the SFT data; core/inputs.fit_image) and hands back new Image
     messages of those frames: what the model saw is what the chunk carries and the store
-    keeps, whatever the camera's resolution."""
+    keeps, whatever the camera's resolution. With n_obs_steps To > 1 every frame and complete
+    joint reading of the episode is kept by stamp (core/observation_history.py) and a decision
+    takes the To steps one control period `control_dt` apart."""
 
     def __init__(self, cameras: list[str], joint_names: list[str], fresh: Freshness,
                  size: int, fit: str, tasks: list[str], limits: ActionLimits,
-                 action_names: list[str]) -> None:
+                 action_names: list[str], n_obs_steps: int = 1, control_dt: float = 0.0125,
+                 history_gap_s: float = 0.1, decision_period_s: float = -1.0) -> None:
+        if n_obs_steps > 1 and decision_period_s == 0:
+            raise ValueError(f"the policy conditions on {n_obs_steps} observation steps, one "
+                             "control period apart: it needs frames stamped as they were taken "
+                             "and decisions on a clock (decision_period_s -1 or > 0), not one "
+                             "frame per decision (decision_period_s 0)")
         self.cameras, self.joint_names, self.fresh = cameras, joint_names, fresh
         self.size, self.fit, self.tasks = size, fit, tasks
         self.limits, self.action_names = limits, action_names
@@ -36,11 +56,29 @@ class Inputs:
         self.joints = JointTable()
         self.last_good: np.ndarray | None = None              # joint state of the last decision
         self.joint_problem = ""                               # the last JointState's, if bad
+        self.n_obs, self.dt, self.gap = n_obs_steps, control_dt, history_gap_s
+        span = (n_obs_steps - 1) * control_dt
+        self.history = {k: StampedHistory(span) for k in [*cameras, "joint_states"]} \
+            if n_obs_steps > 1 else {}
+
+    def on_image(self, topic: str, msg: Image, arrival: float) -> None:
+        self.images[topic] = (msg, arrival)
+        if self.history:
+            self.history[topic].add(Time.from_msg(msg.header.stamp).nanoseconds * 1e-9, msg)
 
     def on_joints(self, msg: JointState, arrival: float) -> None:
         """Take a JointState; a malformed one is left out and named by the next decision."""
-        self.joint_problem = self.joints.update(msg.name, msg.position, Time.from_msg(
-            msg.header.stamp).nanoseconds * 1e-9, arrival)
+        stamp = Time.from_msg(msg.header.stamp).nanoseconds * 1e-9
+        self.joint_problem = self.joints.update(msg.name, msg.position, stamp, arrival)
+        if self.history and not self.joint_problem and all(
+                j in self.joints.joints for j in self.joint_names):
+            self.history["joint_states"].add(stamp, np.array(
+                [self.joints.joints[j][0] for j in self.joint_names]))
+
+    def restart_history(self) -> None:
+        """An episode starts: its history begins with the newest inputs."""
+        for h in self.history.values():
+            h.restart()
 
     def waiting_for(self) -> str:
         """The inputs that have never arrived ("" once every camera and joint has been seen)."""
@@ -61,7 +99,7 @@ class Inputs:
         obs = self.joint_problem or self.observation(now, now_arrival)
         if isinstance(obs, str):
             return obs
-        state = obs[1]
+        state = obs.current
         problem = self.limits.reading_problem(self.action_names, self.joint_names, state)
         if problem:
             return problem
@@ -70,9 +108,9 @@ class Inputs:
             self.last_good = np.array([pos[n] for n in self.action_names])
         return obs
 
-    def observation(self, now: Time, now_arrival: float):
-        """(images (Nc, S, S, 3), state (Ds,), oldest stamp, the fitted image messages) or a
-        string naming the problem."""
+    def observation(self, now: Time, now_arrival: float) -> DecisionObservation | str:
+        """The observation of the current inputs (and their history), or a string naming the
+        problem."""
         now_s = now.nanoseconds * 1e-9
         imgs, stamps, used = [], [], []
         for topic in self.cameras:
@@ -94,8 +132,35 @@ class Inputs:
         if isinstance(joints, str):
             return joints
         state, joint_stamp = joints
-        oldest = min(stamps + [joint_stamp])
-        return np.stack(imgs), state, Time(nanoseconds=int(oldest * 1e9)), used
+        oldest = Time(nanoseconds=int(min(stamps + [joint_stamp]) * 1e9))
+        if not self.history:
+            return DecisionObservation(np.stack(imgs), state, oldest, used, state)
+        return self.with_history(oldest, state)
+
+    def with_history(self, oldest: Time, current: np.ndarray) -> DecisionObservation | str:
+        """The To steps of every camera and of the joints (the current step's inputs are
+        their histories' newest readings)."""
+        steps = {}
+        for key, h in self.history.items():
+            what = "joint_states" if key == "joint_states" else f"camera {key}"
+            got = history_steps(h, self.n_obs, self.dt, self.gap, what)
+            if isinstance(got, str):
+                return got
+            steps[key] = got
+        frames, used = [], []
+        for k in range(self.n_obs):
+            for topic in self.cameras:
+                msg = steps[topic][k]
+                try:
+                    img = fit_image(image_to_numpy(msg), self.size, self.fit)
+                except BadImage as e:
+                    return f"bad image on {topic}: {e}"
+                frames.append(img)
+                used.append(numpy_to_image(img, msg.header.stamp, msg.header.frame_id))
+        states = np.concatenate(steps["joint_states"])
+        if not np.all(np.isfinite(states)):
+            return f"non-finite joint positions in the observation history {states.tolist()}"
+        return DecisionObservation(np.stack(frames), states, oldest, used, current)
 
 
 def chunk_message(chunk: Chunk, actions: np.ndarray, sampler: DiffusionSampler, adapter: str,
@@ -103,7 +168,7 @@ def chunk_message(chunk: Chunk, actions: np.ndarray, sampler: DiffusionSampler, 
                   joint_names: list[str], action_names: list[str], instruction: str
                   ) -> ActionChunk:
     """The executed chunk with everything GRPO needs to re-score it (B = 1)."""
-    images, state, oldest, used = obs
+    _, state, oldest, used, _ = obs
     scfg, idx = sampler.cfg, sampler.stochastic_indices
     return ActionChunk(
         episode_id=episode.episode_id, chunk_index=chunk_index, task_id=episode.task_id,

@@ -65,11 +65,11 @@ class PolicyNode(Node):
             self, self.action_names, self.limits, lambda: self.episode.state ==
             EpisodeState.RUNNING, self.runtime.policy.model, self.n_exec, self.cameras,
             self.joint_names)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.inputs = policy_io.Inputs(
+        self.gen, self.inputs = torch.Generator().manual_seed(cfg.seed), policy_io.Inputs(
             self.cameras, self.joint_names, Freshness(cfg.stale_after_s, cfg.future_tolerance_s),
             self.runtime.policy.model.config.image_size, cfg.image_fit, self.tasks, self.limits,
-            self.action_names)
+            self.action_names, self.runtime.policy.model.config.n_obs_steps, self.control_dt,
+            cfg.history_gap_s, cfg.decision_period_s)
         self.episode, self.estop, self.chunk_index = EpisodeState(), False, 0
         self.last_decision_stamp: dict[str, int] = {}   # camera stamps of the last decision
         self.missed_for, self.image_arrival, self.busy = {}, time.monotonic(), threading.Lock()
@@ -109,7 +109,7 @@ class PolicyNode(Node):
     # ----- inputs -----
     def on_image(self, topic: str, msg: Image) -> None:
         self.image_arrival = time.monotonic()
-        self.inputs.images[topic] = (msg, self.image_arrival)
+        self.inputs.on_image(topic, msg, self.image_arrival)
         self.stats["images"] += 1
         if len(self.inputs.images) == len(self.cameras):
             self.decide()                       # react at once; the timer is the fallback
@@ -123,6 +123,7 @@ class PolicyNode(Node):
             self._ep, self.chunk_index, self.last_command = msg.episode_id, 0, None
             self.watchdog.arm(time.monotonic())
             self.schedule.reset()
+            self.inputs.restart_history()
             self.operator.end_episode()
         if was_running and msg.state != EpisodeState.RUNNING:
             self.watchdog.disarm()
@@ -179,15 +180,14 @@ class PolicyNode(Node):
     def infer(self, obs, episode: EpisodeState, due: float) -> None:   # due: see ChunkSchedule
         try:
             t0 = time.perf_counter()
-            images, state, oldest, _ = obs
             task = episode.task_id or self.tasks[0]
             # paired evaluations: every version meets the same x_K in the same scene
             pairing = (self.cfg.seed, episode.init_state_id, self.chunk_index)
             chunk, adapter, version = self.runtime.act(
-                images, state, self.instructions.get(task, task), self.gen,
+                obs.images, obs.state, self.instructions.get(task, task), self.gen,
                 deterministic=episode.deterministic,
                 paired=pairing if episode.deterministic else None)
-            prev = ActionLimits.previous(self.action_names, self.joint_names, state,
+            prev = ActionLimits.previous(self.action_names, self.joint_names, obs.current,
                                          self.last_command)
             actions = self.limits.apply(chunk.actions[0].numpy(), prev)
             msg = policy_io.chunk_message(
@@ -210,7 +210,7 @@ class PolicyNode(Node):
         """A decision under takeover: the operator's command, or a hold when it has none."""
         try:
             out = self.operator.decide(obs, episode, self.chunk_index, ActionLimits.previous(
-                self.action_names, self.joint_names, obs[1], self.last_command),
+                self.action_names, self.joint_names, obs.current, self.last_command),
                 self.send_hold, self.instructions.get(episode.task_id, episode.task_id))
             if isinstance(out, str):
                 self.problem = out               # said once, by the hold it sent

@@ -15,6 +15,7 @@ import torch
 from ..core.corrections import OperatorConfig, SimulatedOperator
 from ..core.demos import Demonstration, save_demo
 from ..core.model import Observation, TinyVLAPolicy
+from ..core.observation_history import StampedHistory, history_steps, stack_steps
 from ..core.sampler import DiffusionSampler, paired_init_noise
 from .metaworld_scene import MetaWorldScene, expert_policy
 
@@ -23,6 +24,32 @@ def scene_observation(scene: MetaWorldScene) -> Observation:
     img = torch.from_numpy(scene.render())[None, None]                 # (1, 1, H, W, 3)
     state = torch.from_numpy(scene.joint_positions()).float()[None]    # (1, Ds)
     return Observation(img, state, [scene.instruction])
+
+
+class SceneHistory:
+    """A scene's observation steps for a policy with n_obs_steps To (core/observation_history.py,
+    stamped in control steps): `record` after a control step whose observation a later decision
+    needs, `observation` at the decision. With To = 1 it only renders the current step."""
+
+    def __init__(self, scene: MetaWorldScene, n_obs_steps: int) -> None:
+        self.scene, self.n = scene, n_obs_steps
+        self.steps = StampedHistory(n_obs_steps - 1)
+
+    def record(self) -> None:
+        if self.n > 1 and (not len(self.steps) or self.steps.items[-1][0] != self.scene.steps):
+            self.steps.add(self.scene.steps, (self.scene.render()[None],
+                                              self.scene.joint_positions()))
+
+    def observation(self) -> Observation:
+        if self.n == 1:
+            return scene_observation(self.scene)
+        self.record()
+        steps = history_steps(self.steps, self.n, 1.0, 0.0, f"scene {self.scene.task}")
+        if isinstance(steps, str):
+            raise RuntimeError(steps)
+        images, state = stack_steps([f for f, _ in steps], [s for _, s in steps])
+        return Observation(torch.from_numpy(images)[None],
+                           torch.from_numpy(state).float()[None], [self.scene.instruction])
 
 
 def record_expert_demos(task: str, n: int, out_dir: Path, image_size: int = 64,
@@ -92,6 +119,7 @@ def run_lockstep(scenes: list[MetaWorldScene], model: TinyVLAPolicy, sampler: Di
     eps = [LockstepEpisode(i) for i in init_ids]
     for scene, i in zip(scenes, init_ids):
         scene.reset(i)
+    hists = [SceneHistory(scene, model.config.n_obs_steps) for scene in scenes[:len(init_ids)]]
     ops = [SimulatedOperator(operator) for _ in init_ids] if operator is not None else None
     expert = expert_policy(scenes[0].task) if operator is not None else None
     active = list(range(len(init_ids)))
@@ -101,7 +129,7 @@ def run_lockstep(scenes: list[MetaWorldScene], model: TinyVLAPolicy, sampler: Di
         deciding = [k for k in active if ops is None or not ops[k].in_control]
         chunk, obs = None, None
         if deciding:
-            parts = [scene_observation(scenes[k]) for k in deciding]
+            parts = [hists[k].observation() for k in deciding]
             obs = Observation(torch.cat([p.images for p in parts]),
                               torch.cat([p.state for p in parts]),
                               [s for p in parts for s in p.instruction])
@@ -117,11 +145,11 @@ def run_lockstep(scenes: list[MetaWorldScene], model: TinyVLAPolicy, sampler: Di
         still = []
         for k in active:
             if ops is None:
-                done = _policy_steps(scenes[k], chunk.actions[rows[k], :n_exec].numpy(), eps[k])
+                done = _policy_steps(hists[k], chunk.actions[rows[k], :n_exec].numpy(), eps[k])
                 interrupted = False
             else:
                 plan = chunk.actions[rows[k], :n_exec].numpy() if k in rows else None
-                done, interrupted = _steps_with_operator(scenes[k], plan, n_exec, eps[k],
+                done, interrupted = _steps_with_operator(hists[k], plan, n_exec, eps[k],
                                                          ops[k], expert, decision)
             if record and k in rows and not interrupted:
                 row = rows[k]
@@ -135,23 +163,27 @@ def run_lockstep(scenes: list[MetaWorldScene], model: TinyVLAPolicy, sampler: Di
     return eps
 
 
-def _policy_steps(scene: MetaWorldScene, actions: np.ndarray, ep: LockstepEpisode) -> bool:
-    """Run a chunk's executed actions; whether the episode ended."""
-    for a in actions:
-        r = scene.step(a)
+def _policy_steps(hist: SceneHistory, actions: np.ndarray, ep: LockstepEpisode) -> bool:
+    """Run a chunk's executed actions (recording the steps the next decision looks back on);
+    whether the episode ended."""
+    for j, a in enumerate(actions):
+        r = hist.scene.step(a)
         if r.done:
             ep.success, ep.steps = r.success, r.steps
             return True
+        if len(actions) - j - 1 < hist.n:          # one of the next decision's To steps
+            hist.record()
     return False
 
 
-def _steps_with_operator(scene: MetaWorldScene, plan: np.ndarray | None, n_exec: int,
+def _steps_with_operator(hist: SceneHistory, plan: np.ndarray | None, n_exec: int,
                          ep: LockstepEpisode, op: SimulatedOperator, expert, decision: int
                          ) -> tuple[bool, bool]:
     """One decision period under the simulated operator's eye: the policy's plan (None while
     the operator drives) step by step until the operator takes over, the operator's actions
-    until it hands back. Returns (episode ended, the policy's chunk was interrupted)."""
-    interrupted = False
+    until it hands back. Returns (episode ended, the policy's chunk was interrupted). Every
+    step is recorded for the history (a takeover or hand-back may come at any step)."""
+    interrupted, scene = False, hist.scene
     for j in range(n_exec):
         expert_a = scene.expert_action(expert)
         was_in_control = op.in_control
@@ -159,7 +191,7 @@ def _steps_with_operator(scene: MetaWorldScene, plan: np.ndarray | None, n_exec:
         if op.step(policy_a, expert_a):
             boundary = j == 0 or not was_in_control
             interrupted = interrupted or plan is not None
-            o = scene_observation(scene) if boundary else None
+            o = hist.observation() if boundary else None
             ep.operator_steps.append({"segment": op.segments, "action": expert_a,
                                       "obs": (o.images[0], o.state[0]) if o else None})
             ep.corrected_steps += 1
@@ -172,6 +204,7 @@ def _steps_with_operator(scene: MetaWorldScene, plan: np.ndarray | None, n_exec:
         if r.done:
             ep.success, ep.steps = r.success, r.steps
             return True, interrupted
+        hist.record()
     return False, interrupted
 
 
