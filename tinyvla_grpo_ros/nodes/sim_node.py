@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
 
 import numpy as np
@@ -81,8 +82,9 @@ class SimNode(Node):
             if simulated_operator else None
         period = self.scene.dt if self.pace == "wall" else 0.0005
         self.create_timer(period, self.tick)
+        self.idle_period, self.last_image = 1.0 / idle_hz if idle_hz > 0 else 0.0, 0.0
         if idle_hz > 0:
-            self.create_timer(1.0 / idle_hz, self.idle_image)
+            self.create_timer(self.idle_period, self.idle_image)
         with self.lock:
             self.scene.reset(0)
             self.publish_observation()
@@ -157,8 +159,11 @@ class SimNode(Node):
                     self.publish_image()        # decision point (or end of episode)
 
     def idle_image(self) -> None:
+        """A frame while no actions run, once a whole idle period has passed without one: a
+        decision point's frame whose chunk is still on its way is not followed by another."""
         with self.lock:
-            if not self.queue and (self.operator is None or not self.operator.pending):
+            if not self.queue and (self.operator is None or not self.operator.pending) and \
+                    time.monotonic() - self.last_image >= self.idle_period:
                 self.publish_image()
                 self.publish_joints()
 
@@ -191,6 +196,7 @@ class SimNode(Node):
         self.pub_joints.publish(msg)
 
     def publish_image(self) -> None:
+        self.last_image = time.monotonic()
         stamp = self.stamp()
         img = numpy_to_image(self.scene.render(), stamp, "sim_camera")
         self.pub_image.publish(img)
