@@ -30,6 +30,7 @@ V03 = dict(V04, layout="v0.3", cams=["observation.image"], crop=None, film_scale
            group_norm=True, separate=False, sched="DDIM", K=5)
 HIST = dict(V04, To=2, n_action=6)        # observation history: two steps, LeRobot's default
 HIST_SHARED = dict(V03, To=3, n_action=5)
+RESIZE = dict(V04, resize=48, crop_ratio=0.9, crop=43)  # LeRobot derives the crop: int(48 * 0.9)
 
 
 # ----- the source: LeRobot's tensor names and shapes -----
@@ -66,7 +67,7 @@ def resblock_names(q: str, cin: int, cout: int, cond: int, c: dict) -> dict[str,
 
 
 def feature_side(c: dict) -> int:
-    s = c["crop"] or c["S"]
+    s = c["crop"] or c.get("resize") or c["S"]
     for _ in range(5):                     # conv1 s2, maxpool s2, layers 2-4 s2 (k3/k7, pad)
         s = (s - 1) // 2 + 1
     return s
@@ -148,7 +149,9 @@ def write_lerobot_dir(tmp, c: dict, tensors=None, stats=None, config_overrides=N
               "output_features": {"action": {"type": "ACTION", "shape": [c["Da"]]}},
               "normalization_mapping": {"VISUAL": "MEAN_STD", "STATE": "MIN_MAX",
                                         "ACTION": "MIN_MAX"},
-              "vision_backbone": "resnet18", "resize_shape": None,
+              "vision_backbone": "resnet18",
+              "resize_shape": [c["resize"]] * 2 if c.get("resize") else None,
+              "crop_ratio": c.get("crop_ratio", 1.0),
               "crop_shape": [c["crop"], c["crop"]] if c["crop"] else None,
               "crop_is_random": True, "pretrained_backbone_weights": None,
               "use_group_norm": c["group_norm"], "spatial_softmax_num_keypoints": c["kp"],
@@ -238,8 +241,12 @@ def ref_eps(P, stats, c, images, state, x, t):
     for i, cam in enumerate(c["cams"]):
         img = images[:, :, i].flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0   # (B*To, ...)
         img = (img - stats[cam]["mean"]) / (stats[cam]["std"] + 1e-8)
+        side = c.get("resize") or c["S"]
+        if c.get("resize"):           # torchvision's Resize on a tensor: bilinear, antialiased
+            img = F.interpolate(img, size=(side, side), mode="bilinear", antialias=True,
+                                align_corners=False)
         if c["crop"]:
-            top = int(round((c["S"] - c["crop"]) / 2.0))
+            top = int(round((side - c["crop"]) / 2.0))
             img = img[..., top:top + c["crop"], top:top + c["crop"]]
         e = f"diffusion.rgb_encoder.{i}." if c["separate"] else "diffusion.rgb_encoder."
         feats.append(ref_encoder(P, e, img, c).reshape(B, To, -1))
@@ -286,8 +293,9 @@ def obs_for(c, B=3, seed=0):
                        torch.randn((B, To * c["Ds"]), generator=g), ["ignored"] * B)
 
 
-@pytest.mark.parametrize("c", [V04, V03, HIST, HIST_SHARED], ids=[
-    "v0.4-batchnorm-2cams", "v0.3-groupnorm", "history-2-steps-2cams", "history-3-steps-shared"])
+@pytest.mark.parametrize("c", [V04, V03, HIST, HIST_SHARED, RESIZE], ids=[
+    "v0.4-batchnorm-2cams", "v0.3-groupnorm", "history-2-steps-2cams", "history-3-steps-shared",
+    "resize-then-crop"])
 def test_imported_noise_prediction_matches_lerobots_computation(tmp_path, c):
     src = write_lerobot_dir(tmp_path, c)
     model, scfg, meta = import_lerobot(src)
@@ -355,10 +363,23 @@ def test_the_cli_writes_a_checkpoint_every_node_loads_and_export_round_trips(tmp
                                                if not k.startswith("normalizer.state_"))
 
 
+def test_export_keeps_history_resize_and_crop_as_lerobot_reads_them(tmp_path):
+    """LeRobot derives the crop from resize_shape and crop_ratio (int(side * ratio)): the
+    exported ratio gives back the same crop, and the history, resize and executed steps."""
+    c = dict(RESIZE, To=2, resize=49, crop_ratio=0.66, crop=32)   # 49 * (32 / 49) < 32
+    model, scfg, meta = import_lerobot(write_lerobot_dir(tmp_path, c))
+    assert (model.config.dp_resize, model.config.dp_crop, model.config.n_obs_steps) == (49, 32, 2)
+    out = export_lerobot(model, scfg, tmp_path / "out", meta["cameras"])
+    back, scfg2, _ = import_lerobot(out)
+    assert back.config == model.config and scfg2.to_dict() == scfg.to_dict()
+    assert int(49 * json.loads((out / "config.json").read_text())["crop_ratio"]) == 32
+
+
 @pytest.mark.parametrize("edit,words", [
     ({"config": {"n_obs_steps": 2, "n_action_steps": 8}},
      "n_action_steps = 8 is not supported: at most horizon - n_obs_steps + 1 = 7"),
     ({"config": {"vision_backbone": "resnet34"}}, "vision_backbone = 'resnet34'"),
+    ({"config": {"resize_shape": [48, 64]}}, "resize_shape = [48, 64] is not supported: a square"),
     ({"config": {"prediction_type": "sample"}}, "prediction_type = 'sample'"),
     ({"nan": "diffusion.unet.final_conv.1.weight"},
      "model.safetensors: tensor 'diffusion.unet.final_conv.1.weight' is not finite"),
@@ -367,7 +388,7 @@ def test_the_cli_writes_a_checkpoint_every_node_loads_and_export_round_trips(tmp
     ({"shape": "diffusion.rgb_encoder.pool.out.weight"}, None),
     ({"extra": "diffusion.unet.something_new.weight"},
      "neither used nor known to be ignorable, e.g. ['diffusion.unet.something_new.weight']"),
-], ids=["history", "backbone", "prediction", "nan", "missing", "shape", "extra"])
+], ids=["history", "backbone", "resize", "prediction", "nan", "missing", "shape", "extra"])
 def test_what_cannot_be_imported_is_refused_by_name_and_nothing_is_written(tmp_path, edit, words):
     c = V03
     tensors = lerobot_tensors(c)

@@ -24,7 +24,8 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
 from .core.adapters import AdapterConfig
-from .core.config import SamplerConfig
+from .core.checkpoint import stored_sampler_config
+from .core.config import ModelConfig, SamplerConfig
 from .core.intervals import paired_interval, wilson_interval
 from .launcher import Launch, node_sections
 from .sim.evaluate import evaluate_versions
@@ -45,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
                     "episode manager also evaluates each version on, through the nodes")
     ap.add_argument("--demos", type=int, default=60, help="expert demonstrations for SFT")
     ap.add_argument("--sft-steps", type=int, default=3000)
+    ap.add_argument("--architecture", default="tinyvla", choices=("tinyvla", "diffusion_policy"),
+                    help="the SFT start's model: TinyVLA-shaped, or LeRobot's Diffusion Policy")
+    ap.add_argument("--checkpoint", type=Path, help="start from this checkpoint instead of "
+                    "building one (e.g. an imported policy: python -m "
+                    "tinyvla_grpo_ros.import_policy)")
     ap.add_argument("--goal-marker-radius", type=float, default=0.04,
                     help="goal drawn this wide, m (rendering only; Meta-World's is 0.02)")
     ap.add_argument("--simulated-operator", action="store_true", help="the scripted expert "
@@ -56,8 +62,24 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
     t0 = time.time()
-    ckpt = build_sft_start(args.task, args.demos, args.sft_steps, cache=ROOT / "cache" / "sft",
-                           goal_marker_radius=args.goal_marker_radius)
+    if args.checkpoint is not None:
+        ckpt = args.checkpoint.resolve()
+        saved = json.loads((ckpt / "config.json").read_text())
+        n_obs = ModelConfig.from_dict(saved["model"]).n_obs_steps
+        if n_obs != 1:
+            print(f"{ckpt} conditions on {n_obs} observation steps; sim_node publishes one "
+                  "frame per decision, so this loop cannot run it (the lock-step runner and "
+                  "a streaming camera can: README, Bring your own policy)")
+            return 2
+        # an imported policy executes what its source executed, not sim_loop.yaml's 4
+        executed = {"executed_steps": stored_sampler_config(saved.get("sampler", {}))
+                    .executed_steps}
+    else:
+        executed = {}
+        ckpt = build_sft_start(args.task, args.demos, args.sft_steps,
+                               cache=ROOT / "cache" / "sft",
+                               goal_marker_radius=args.goal_marker_radius,
+                               architecture=args.architecture)
     run = (args.out / time.strftime("%Y%m%d-%H%M%S")).resolve()
     (run / "logs").mkdir(parents=True)
     eval_ids = list(range(EVAL_FIRST_ID, EVAL_FIRST_ID + args.eval_states)) or [-1]
@@ -66,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                      "goal_marker_radius": args.goal_marker_radius,
                      "simulated_operator": str(args.simulated_operator).lower()},
         "policy_node": {"checkpoint": ckpt, "tasks": f"[{args.task}]",
-                        "adapter_root": run / "adapters"},
+                        "adapter_root": run / "adapters"} | executed,
         "episode_manager_node": {"task": args.task, "group_size": args.group_size,
                                  "num_groups": args.groups, "store_root": run / "rollouts",
                                  "eval_init_state_ids": str(eval_ids)},
@@ -133,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         launch.stop()
         node.destroy_node()
         rclpy.shutdown()
-    heldout = heldout_success(args, ckpt, run)
+    heldout = heldout_success(args, ckpt, run, executed)
     versions = sorted(set(explore) | set(evals) | set(heldout))
     rows = [{"version": v, "explore_episodes": len(explore[v]),
              "explore_success": sum(explore[v]) / len(explore[v]) if explore[v] else None,
@@ -177,13 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def heldout_success(args, ckpt: Path, run: Path) -> dict[int, list[bool]]:
+def heldout_success(args, ckpt: Path, run: Path, executed: dict) -> dict[int, list[bool]]:
     """Every stored version on --heldout init states, with the nodes' own settings."""
     if args.heldout <= 0:
         return {}
     nodes = node_sections(ROOT / "config" / "sim_loop.yaml")
     learner = nodes.get("learner_node", {})
-    sampler = {k: v for k, v in nodes.get("policy_node", {}).items()
+    sampler = {k: v for k, v in (nodes.get("policy_node", {}) | executed).items()
                if k in SamplerConfig.RECIPE}
     cfg = AdapterConfig(preset=learner.get("trainable_preset", "adapters"),
                         rank=int(learner.get("lora_rank", 8)))

@@ -82,6 +82,9 @@ class ModelConfig:
     dp_keypoints: int = 32                  # spatial-softmax keypoints per camera
     dp_backbone_norm: str = "batch"         # ResNet-18 norms: "batch" (frozen stats) or "group"
     dp_separate_encoders: bool = True       # one image encoder per camera
+    dp_resize: int = 0                      # LeRobot's resize_shape: side the normalized
+    #                                         images are resized to (bilinear, antialiased),
+    #                                         before the crop (0: none)
     dp_crop: int = 0                        # center crop side before the encoder (0: none)
     n_obs_steps: int = 1                    # To: frames and states conditioned on, one control
     #                                         step apart, oldest first (diffusion_policy only);
@@ -132,8 +135,10 @@ class ModelConfig:
             if self.dp_backbone_norm not in ("batch", "group"):
                 raise ValueError("dp_backbone_norm must be 'batch' or 'group', got "
                                  f"{self.dp_backbone_norm!r}")
-            if not 0 <= self.dp_crop <= self.image_size or self.dp_keypoints < 1:
-                raise ValueError(f"dp_crop must lie in [0, image_size], dp_keypoints >= 1; got "
+            side = self.dp_resize or self.image_size
+            if self.dp_resize < 0 or not 0 <= self.dp_crop <= side or self.dp_keypoints < 1:
+                raise ValueError(f"dp_resize must be >= 0, dp_crop in [0, {side}] (the resized "
+                                 f"side), dp_keypoints >= 1; got {self.dp_resize}, "
                                  f"{self.dp_crop}, {self.dp_keypoints}")
         elif self.n_obs_steps != 1:
             raise ValueError(f"n_obs_steps {self.n_obs_steps}: observation history is "

@@ -1,7 +1,7 @@
 """A LeRobot-shaped Diffusion Policy (ModelConfig.architecture "diffusion_policy"): the network of
 LeRobot's DiffusionPolicy, built here so that its checkpoints import with parity.
 
-    images (B, To*Nc, H, W, 3) uint8 ─ /255, per-camera mean/std, center crop ─ ResNet-18
+    images (B, To*Nc, H, W, 3) uint8 ─ /255, per-camera mean/std, resize, center crop ─ ResNet-18
         trunk ─ spatial softmax (K keypoints) ─ Linear + ReLU ─> (B, To, Nc * 2K)   (one encoder
         per camera or one shared)
     state (B, To*Ds) ─ min/max to [-1, 1] ─> per step [state, camera 0 features, camera 1, ...],
@@ -100,7 +100,7 @@ class RgbEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.backbone = resnet18_trunk(cfg.dp_backbone_norm)
-        side = cfg.dp_crop or cfg.image_size
+        side = cfg.dp_crop or cfg.dp_resize or cfg.image_size
         with torch.no_grad():
             c, h, w = self.backbone(torch.zeros(1, 3, side, side)).shape[1:]
         self.pool = SpatialSoftmax(c, h, w, cfg.dp_keypoints)
@@ -174,8 +174,13 @@ class DiffusionPolicyModel(nn.Module):
                               mode="bilinear", antialias=True, align_corners=False
                               ).reshape(B * To, Nc, 3, cfg.image_size, cfg.image_size)
         x = self.normalizer.normalize_images(x)
-        if cfg.dp_crop and cfg.dp_crop < cfg.image_size:
-            top = int(round((cfg.image_size - cfg.dp_crop) / 2.0))
+        side = cfg.dp_resize or cfg.image_size
+        if side != cfg.image_size:                          # LeRobot's Resize, then its crop
+            x = F.interpolate(x.reshape(-1, 3, cfg.image_size, cfg.image_size), size=(side,) * 2,
+                              mode="bilinear", antialias=True, align_corners=False
+                              ).reshape(B * To, Nc, 3, side, side)
+        if cfg.dp_crop and cfg.dp_crop < side:
+            top = int(round((side - cfg.dp_crop) / 2.0))
             x = x[..., top:top + cfg.dp_crop, top:top + cfg.dp_crop]
         if len(self.rgb_encoder) == 1:
             feats = self.rgb_encoder[0](x.reshape(B * To * Nc, *x.shape[2:]))

@@ -12,6 +12,7 @@ run the way the source does is refused by name (`SourceError`).
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -65,8 +66,7 @@ def model_config(cfg: dict, path: Path) -> tuple[ModelConfig, SamplerConfig, lis
         mode = (get("normalization_mapping") or {}).get(kind, allowed[0])
         if mode not in allowed:
             raise _refuse(path, f"normalization_mapping.{kind}", mode, f"one of {allowed}")
-    checks = [("vision_backbone", "resnet18"), ("resize_shape", None),
-              ("prediction_type", "epsilon")]
+    checks = [("vision_backbone", "resnet18"), ("prediction_type", "epsilon")]
     for key, want in checks:
         if get(key, want) != want:
             raise _refuse(path, key, get(key), f"only {want!r}")
@@ -80,9 +80,16 @@ def model_config(cfg: dict, path: Path) -> tuple[ModelConfig, SamplerConfig, lis
                                          get("beta_end", DEFAULT_BETAS[1])) != DEFAULT_BETAS:
         raise _refuse(path, "beta_start/beta_end", (get("beta_start"), get("beta_end")),
                       f"{beta} only with diffusers' defaults {DEFAULT_BETAS}")
-    crop = get("crop_shape")
-    if crop is not None and (len(crop) != 2 or crop[0] != crop[1] or crop[0] > h):
-        raise _refuse(path, "crop_shape", crop, "a square crop no larger than the image")
+    resize, crop = get("resize_shape"), get("crop_shape")
+    if resize is not None:
+        if len(resize) != 2 or resize[0] != resize[1] or int(resize[0]) < 1:
+            raise _refuse(path, "resize_shape", resize, "a square resize")
+        ratio = float(get("crop_ratio", 1.0))     # LeRobot derives crop_shape from it then
+        crop = [int(resize[0] * ratio)] * 2 if ratio < 1.0 else None
+    side = int(resize[0]) if resize is not None else h
+    if crop is not None and (len(crop) != 2 or crop[0] != crop[1] or not 0 < crop[0] <= side):
+        raise _refuse(path, "crop_shape", crop, "a square crop no larger than the (resized) "
+                      "image")
     try:
         mcfg = ModelConfig(
             name="lerobot_diffusion", architecture="diffusion_policy", image_size=h,
@@ -96,7 +103,8 @@ def model_config(cfg: dict, path: Path) -> tuple[ModelConfig, SamplerConfig, lis
             dp_keypoints=int(get("spatial_softmax_num_keypoints")),
             dp_backbone_norm="group" if get("use_group_norm") else "batch",
             dp_separate_encoders=bool(get("use_separate_rgb_encoder_per_camera", False)),
-            dp_crop=int(crop[0]) if crop else 0, n_obs_steps=int(get("n_obs_steps", 1)))
+            dp_crop=int(crop[0]) if crop else 0, n_obs_steps=int(get("n_obs_steps", 1)),
+            dp_resize=int(resize[0]) if resize is not None else 0)
         k = int(get("num_inference_steps") or mcfg.num_train_timesteps)
         scfg = SamplerConfig(scheduler=sched.lower(), num_inference_steps=k,
                              stochastic_steps=min(3, k),
@@ -220,6 +228,17 @@ def import_lerobot(src: Path) -> tuple[torch.nn.Module, SamplerConfig, dict]:
                                 "cameras": cams, "n_action_steps": scfg.executed_steps}
 
 
+def _crop_ratio(crop: int, resize: int) -> float:
+    """LeRobot's crop_ratio for a crop of `crop` after a resize to `resize` (its config derives
+    crop_shape = int(resize * crop_ratio), so the ratio must not round below `crop`)."""
+    if not resize or not crop or crop >= resize:
+        return 1.0
+    ratio = crop / resize
+    while int(resize * ratio) < crop:
+        ratio = math.nextafter(ratio, 2.0)
+    return ratio
+
+
 def export_lerobot(model, scfg: SamplerConfig, dst: Path, cameras: list[str] | None = None,
                    layout: str = "v0.4") -> Path:
     """This package's diffusion_policy model -> a LeRobot directory (`layout` v0.3: statistics
@@ -237,7 +256,9 @@ def export_lerobot(model, scfg: SamplerConfig, dst: Path, cameras: list[str] | N
         "output_features": {ACTION: {"type": "ACTION", "shape": [mcfg.action_dim]}},
         "normalization_mapping": {"VISUAL": "MEAN_STD", "STATE": "MIN_MAX",
                                   "ACTION": "MIN_MAX"},
-        "vision_backbone": "resnet18", "resize_shape": None,
+        "vision_backbone": "resnet18",
+        "resize_shape": [mcfg.dp_resize] * 2 if mcfg.dp_resize else None,
+        "crop_ratio": _crop_ratio(mcfg.dp_crop, mcfg.dp_resize),
         "crop_shape": [mcfg.dp_crop, mcfg.dp_crop] if mcfg.dp_crop else None,
         "crop_is_random": False, "pretrained_backbone_weights": None,
         "use_group_norm": mcfg.dp_backbone_norm == "group",
