@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         # an imported policy executes what its source executed, not sim_loop.yaml's 4
         executed = {"executed_steps": stored_sampler_config(saved.get("sampler", {}))
-                    .executed_steps}
+                    .executed_steps or ModelConfig.from_dict(saved["model"]).horizon}
     else:
         executed = {}
         ckpt = build_sft_start(args.task, args.demos, args.sft_steps,
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                         "adapter_root": run / "adapters"} | executed,
         "episode_manager_node": {"task": args.task, "group_size": args.group_size,
                                  "num_groups": args.groups, "store_root": run / "rollouts",
-                                 "eval_init_state_ids": str(eval_ids)},
+                                 "eval_init_state_ids": str(eval_ids)} | episode_chunks(executed),
         "learner_node": {"checkpoint": ckpt, "tasks": f"[{args.task}]",
                          "adapter_root": run / "adapters", "store_root": run / "rollouts",
                          "group_size": args.group_size}}
@@ -197,6 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nadapters: {run / 'adapters'}\nrollouts: {run / 'rollouts'}\n"
           f"total {time.time() - t0:.0f} s")
     return code
+
+
+def episode_chunks(executed: dict) -> dict:
+    """The episode manager's max_chunks for a policy executing other than sim_loop.yaml's steps
+    per chunk: the sim's max_steps in chunks."""
+    if not executed:
+        return {}
+    max_steps = int(node_sections(ROOT / "config" / "sim_loop.yaml")["sim_node"]["max_steps"])
+    return {"max_chunks": -(-max_steps // executed["executed_steps"])}
 
 
 def heldout_success(args, ckpt: Path, run: Path, executed: dict) -> dict[int, list[bool]]:
