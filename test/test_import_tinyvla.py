@@ -384,6 +384,8 @@ def test_imported_noise_prediction_matches_tinyvlas_computation(tmp_path):
             ref = ref_eps(P, obs.images, obs.state, instruction, x, t)
         assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-5), (ours - ref).abs().max()
     assert (scfg.scheduler, scfg.num_inference_steps, scfg.executed_steps) == ("ddim", 10, 4)
+    # frames are prepared as LLaVA's: padded square with CLIP's mean, resized bicubic
+    assert (model.config.image_pad, model.config.image_resample) == ("mean", "bicubic")
     # actions unnormalize with dataset_stats.pkl's action min/max
     sampler = DiffusionSampler(model.config, scfg, sft_model=model)
     chunk = sampler.sample(model, obs_for(), deterministic=True)

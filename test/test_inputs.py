@@ -51,6 +51,29 @@ def test_fit_image_keeps_the_aspect_ratio_by_crop_or_pad():
         fit_image(img, 64, "stretch")
 
 
+def test_a_tinyvla_frame_is_prepared_as_llava_does_padded_with_the_mean_resized_bicubic():
+    """TinyVLA's eval pads a camera frame square with the CLIP processor's mean colour
+    (expand2square), then the processor resizes it with PIL's bicubic; written here as
+    transformers does it (the float image turned into PIL's uint8 by truncation)."""
+    from PIL import Image
+
+    from tinyvla_grpo_ros.core.config import ModelConfig
+    from tinyvla_grpo_ros.core.inputs import image_prep
+    mean = (0.48145466, 0.4578275, 0.40821073)
+    frame = np.random.default_rng(0).integers(0, 256, (27, 48, 3), dtype=np.uint8)
+    square = np.empty((48, 48, 3))
+    square[:] = mean
+    square[10:37] = frame / 255.0
+    ref = np.asarray(Image.fromarray((square * 255).astype(np.uint8)).resize(
+        (32, 32), Image.Resampling.BICUBIC, reducing_gap=None))
+    cfg = ModelConfig(image_size=32, image_mean=mean, image_std=(0.27, 0.26, 0.28),
+                      image_pad="mean", image_resample="bicubic")
+    ours = fit_image(frame, 32, "pad", **image_prep(cfg))
+    assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1     # x / 255 * 255 truncates
+    assert np.array_equal(ours[0, 0], [122, 116, 104])
+    assert image_prep(ModelConfig()) == {"pad_rgb": (0, 0, 0), "resample": "area"}
+
+
 def test_readings_outside_the_limits_are_named_and_the_hold_never_uses_a_raw_reading():
     lim = ActionLimits(np.array([-1.0, -1.0]), np.array([1.0, 1.0]), 0.05)
     names = ["j1", "j2"]
@@ -80,3 +103,24 @@ def test_a_malformed_joint_state_is_named_by_the_next_decision():
     inputs.on_joints(JointState(name=["j1"], position=[0.1]), 0.0)
     assert not isinstance(inputs.for_decision("t", RclTime(), 0.0), str)
     assert "does not serve" in inputs.for_decision("other", RclTime(), 0.0)
+
+
+def test_policy_nodes_inputs_prepare_frames_as_the_model_says():
+    from builtin_interfaces.msg import Time
+    from rclpy.time import Time as RclTime
+    from sensor_msgs.msg import JointState
+
+    from tinyvla_grpo_ros.core.config import ModelConfig
+    from tinyvla_grpo_ros.nodes.policy_io import Inputs
+    from tinyvla_grpo_ros.nodes.ros_common import numpy_to_image
+    lim = ActionLimits(np.array([-1.0]), np.array([1.0]))
+    cfg = ModelConfig(image_size=16, image_mean=(0.5, 0.25, 1.0), image_std=(1.0, 1.0, 1.0),
+                      image_pad="mean", image_resample="bicubic")
+    for model_cfg, corner in ((None, [0, 0, 0]), (cfg, [127, 63, 255])):
+        inputs = Inputs(["cam"], ["j1"], FRESH, 16, "pad", ["t"], lim, ["a"], model_cfg)
+        inputs.on_image("cam", numpy_to_image(np.full((8, 16, 3), 9, np.uint8), Time(sec=0)),
+                        0.0)
+        inputs.on_joints(JointState(name=["j1"], position=[0.1]), 0.0)
+        obs = inputs.for_decision("t", RclTime(), 0.0)
+        assert obs.images.shape == (1, 16, 16, 3) and obs.images[0, 0, 0].tolist() == corner
+        assert obs.images[0, 8, 8].tolist() == [9, 9, 9]

@@ -96,6 +96,11 @@ class ModelConfig:
     projector: str = "linear"               # ViT -> LM: "linear" or "mlp<N>x_gelu"
     image_mean: tuple[float, ...] = ()      # per-channel pixel mean/std on [0, 1] (CLIP's);
     image_std: tuple[float, ...] = ()       # empty: pixels scaled to [-1, 1]
+    image_pad: str = "black"                # a frame padded square (image_fit pad) gets black
+    #                                         or "mean": image_mean's colour (LLaVA's
+    #                                         expand2square)
+    image_resample: str = "area"            # frame -> image_size: "area" (cv2; linear when
+    #                                         enlarging) or "bicubic" (PIL's, CLIP's processor)
     tokenizer: str = "bytes"                # "bytes" (built in) or "bpe" (the checkpoint's
     #                                         tokenizer.json, e.g. Pythia's)
     prompt: str = ""                        # template with <image> and {instruction} ("":
@@ -114,7 +119,8 @@ class ModelConfig:
         if self.projector != "linear" and not re.fullmatch(r"mlp[1-9]x_gelu", self.projector):
             raise ValueError(f"projector must be 'linear' or 'mlp<N>x_gelu', got "
                              f"{self.projector!r}")
-        for name, allowed in (("tokenizer", ("bytes", "bpe")),
+        for name, allowed in (("tokenizer", ("bytes", "bpe")), ("image_pad", ("black", "mean")),
+                              ("image_resample", ("area", "bicubic")),
                               ("cond_pooling", ("masked_mean", "tinyvla")),
                               ("step_embed_dtype", ("float32", "bfloat16"))):
             if getattr(self, name) not in allowed:

@@ -9,8 +9,9 @@ with a problem string naming the input.
 `JointTable` keeps the latest reading of every joint by name, from any number of publishers
 (an arm and a gripper driver publishing `joint_states` separately); each joint has its own
 freshness. `fit_image` makes a camera frame square the way the SFT data were (center crop, or
-pad with black) and resizes it to the model's input size, so what is decided on, stored and
-learned from does not depend on the camera's resolution.
+pad, with black or with the model's mean colour as LLaVA's expand2square) and resizes it to the
+model's input size (area filter, or PIL's bicubic as CLIP's processor), so what is decided on,
+stored and learned from does not depend on the camera's resolution.
 """
 from __future__ import annotations
 
@@ -76,9 +77,11 @@ class JointTable:
 FITS = ("crop", "pad")
 
 
-def fit_image(img: np.ndarray, size: int, fit: str = "crop") -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3) uint8: center-crop (or pad) to a square, then
-    resize (area filter when shrinking). A square frame of the right size is returned as is."""
+def fit_image(img: np.ndarray, size: int, fit: str = "crop", pad_rgb: tuple[int, ...] = (0, 0, 0),
+              resample: str = "area") -> np.ndarray:
+    """(H, W, 3) uint8 -> (size, size, 3) uint8: center-crop (or pad with `pad_rgb`) to a
+    square, then resize: "area" (area filter when shrinking, linear when enlarging) or
+    "bicubic" (PIL's). A square frame of the right size is returned as is."""
     if fit not in FITS:
         raise ValueError(f"image fit must be one of {FITS}, got {fit!r}")
     h, w = img.shape[:2]
@@ -89,14 +92,27 @@ def fit_image(img: np.ndarray, size: int, fit: str = "crop") -> np.ndarray:
             img = img[top:top + s, left:left + s]
         else:
             s = max(h, w)
-            out = np.zeros((s, s, 3), np.uint8)
+            out = np.empty((s, s, 3), np.uint8)
+            out[:] = np.asarray(pad_rgb, np.uint8)
             top, left = (s - h) // 2, (s - w) // 2
             out[top:top + h, left:left + w] = img
             img = out
-    if img.shape[0] != size:
+    if img.shape[0] != size and resample == "bicubic":
+        from PIL import Image
+        img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize(
+            (size, size), Image.Resampling.BICUBIC, reducing_gap=None))
+    elif img.shape[0] != size:
         interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
         img = cv2.resize(img, (size, size), interpolation=interp)
     return np.ascontiguousarray(img)
+
+
+def image_prep(cfg) -> dict:
+    """fit_image's pad colour and filter for a model (core/config.ModelConfig): its mean colour
+    as uint8 (truncated, as transformers turns a float image into PIL's) when it pads so."""
+    pad = tuple(int(m * 255) for m in cfg.image_mean) if cfg.image_pad == "mean" and \
+        cfg.image_mean else (0, 0, 0)
+    return {"pad_rgb": pad, "resample": cfg.image_resample}
 
 
 def thumbnail_jpeg(img: np.ndarray, px: int = 192, quality: int = 80) -> bytes:

@@ -145,6 +145,7 @@ def model_config(cfg: dict, path: Path, source: TensorSource, cameras: int | Non
             lm_max_positions=int(get("max_position_embeddings", 2048)),
             tokenizer="bpe", prompt=PROMPT, text_pad_id=TRAIN_PAD_ID, cond_pooling="tinyvla",
             step_embed_dtype="bfloat16", image_mean=CLIP_MEAN, image_std=CLIP_STD,
+            image_pad="mean", image_resample="bicubic",
             n_groups=8, num_train_timesteps=100, beta_schedule="squaredcos_cap_v2",
             clip_sample=True, **_head_shapes(source, path))
         # TinyVLA's DDIM: 100 train steps, 10 inference steps; without its temporal

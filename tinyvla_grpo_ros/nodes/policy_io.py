@@ -14,7 +14,7 @@ from sensor_msgs.msg import Image, JointState
 from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from ..core.inputs import Freshness, JointTable, fit_image
+from ..core.inputs import Freshness, JointTable, fit_image, image_prep
 from ..core.observation_history import StampedHistory, history_steps
 from ..core.safety import ActionLimits
 from ..core.sampler import Chunk, DiffusionSampler
@@ -42,8 +42,10 @@ class Inputs:
 
     def __init__(self, cameras: list[str], joint_names: list[str], fresh: Freshness,
                  size: int, fit: str, tasks: list[str], limits: ActionLimits,
-                 action_names: list[str], n_obs_steps: int = 1, control_dt: float = 0.0125,
+                 action_names: list[str], model_cfg=None, control_dt: float = 0.0125,
                  history_gap_s: float = 0.1, decision_period_s: float = -1.0) -> None:
+        n_obs_steps = model_cfg.n_obs_steps if model_cfg is not None else 1
+        self.prep = image_prep(model_cfg) if model_cfg is not None else {}
         if n_obs_steps > 1 and decision_period_s == 0:
             raise ValueError(f"the policy conditions on {n_obs_steps} observation steps, one "
                              "control period apart: it needs frames stamped as they were taken "
@@ -122,7 +124,7 @@ class Inputs:
             if problem:
                 return problem
             try:
-                img = fit_image(image_to_numpy(msg), self.size, self.fit)
+                img = fit_image(image_to_numpy(msg), self.size, self.fit, **self.prep)
             except BadImage as e:
                 return f"bad image on {topic}: {e}"
             imgs.append(img)
@@ -152,7 +154,7 @@ class Inputs:
             for topic in self.cameras:
                 msg = steps[topic][k]
                 try:
-                    img = fit_image(image_to_numpy(msg), self.size, self.fit)
+                    img = fit_image(image_to_numpy(msg), self.size, self.fit, **self.prep)
                 except BadImage as e:
                     return f"bad image on {topic}: {e}"
                 frames.append(img)
