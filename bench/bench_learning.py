@@ -190,6 +190,18 @@ def plot(result: dict, path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def sft_starts(args, ap: argparse.ArgumentParser) -> dict[str, str]:
+    """{task: the checkpoint its runs start from}: --checkpoint, or the SFT start built (or
+    found in cache/sft) for each task."""
+    if args.checkpoint is not None:
+        if len(args.tasks) != 1 or not (args.checkpoint / "config.json").is_file():
+            ap.error("--checkpoint needs one --tasks entry and a checkpoint directory")
+        return {args.tasks[0]: str(args.checkpoint.resolve())}
+    return {t: str(task_sft_start(t, ROOT / "cache" / "sft", args.goal_marker_radius,
+                                  args.demos, args.sft_steps, args.architecture))
+            for t in args.tasks}
+
+
 def recipe_options(ap: argparse.ArgumentParser) -> None:
     """The SFT start's options and the run, learner and sampler recipe, as options."""
     ap.add_argument("--demos", type=int, default=0, help="SFT demos (0: per task, TASK_SFT)")
@@ -197,6 +209,9 @@ def recipe_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--architecture", default="tinyvla", choices=("tinyvla", "diffusion_policy"),
                     help="the SFT start's model: the package's TinyVLA-shaped one or the "
                     "LeRobot-shaped DiffusionPolicy (what an imported LeRobot policy runs on)")
+    ap.add_argument("--checkpoint", type=Path, help="start from this checkpoint instead of "
+                    "building the SFT start (one task; e.g. an imported policy: python -m "
+                    "tinyvla_grpo_ros.import_policy)")
     add_arguments(ap.add_argument_group("run (sim/metaworld_grpo.RunConfig)"), RunConfig,
                   skip=("preset",))
     add_arguments(ap.add_argument_group("learner (core/config.GRPOConfig)"), GRPOConfig,
@@ -236,9 +251,7 @@ def main() -> None:
     except ValueError as e:
         ap.error(str(e))
     t0 = time.time()
-    ckpts = {t: str(task_sft_start(t, ROOT / "cache" / "sft", args.goal_marker_radius,
-                                   args.demos, args.sft_steps, args.architecture))
-             for t in args.tasks}
+    ckpts = sft_starts(args, ap)
     run_dir = RESULTS / "runs" / args.out
     jobs = [{"task": t, "seed": s, "spec": specs[p], "ckpt": ckpts[t],
              "out": str(run_dir / f"{t}-s{s}-{slug(p)}.json")}

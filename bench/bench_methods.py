@@ -37,7 +37,6 @@ from tinyvla_grpo_ros.core.config import GRPOConfig, SamplerConfig
 from tinyvla_grpo_ros.core.corrections import OperatorConfig
 from tinyvla_grpo_ros.core.intervals import paired_interval
 from tinyvla_grpo_ros.sim.metaworld_grpo import RunConfig
-from tinyvla_grpo_ros.sim.sft_start import task_sft_start
 
 PLAIN = {"grpo": {}, "sampler": {"frozen_prefix": False}, "run": {"shuffle_credit": False}}
 
@@ -183,9 +182,7 @@ def main() -> None:
     except ValueError as e:
         ap.error(str(e))
     t0 = time.time()
-    ckpts = {t: str(task_sft_start(t, bl.ROOT / "cache" / "sft", args.goal_marker_radius,
-                                   args.demos, args.sft_steps, args.architecture))
-             for t in args.tasks}
+    ckpts = bl.sft_starts(args, ap)
     run_dir = bl.RESULTS / "runs" / args.out
     jobs = []
     for s in args.seeds:              # a seed's whole comparison first: partial grids compare
