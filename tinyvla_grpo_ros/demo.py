@@ -66,16 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = args.checkpoint.resolve()
         saved = json.loads((ckpt / "config.json").read_text())
         n_obs = ModelConfig.from_dict(saved["model"]).n_obs_steps
-        if n_obs != 1:
-            print(f"{ckpt} conditions on {n_obs} observation steps; sim_node publishes one "
-                  "frame per decision, so this loop cannot run it (the lock-step runner and "
-                  "a streaming camera can: README, Bring your own policy)")
-            return 2
         # an imported policy executes what its source executed, not sim_loop.yaml's 4
         executed = {"executed_steps": stored_sampler_config(saved.get("sampler", {}))
                     .executed_steps or ModelConfig.from_dict(saved["model"]).horizon}
     else:
-        executed = {}
+        executed, n_obs = {}, 1
         ckpt = build_sft_start(args.task, args.demos, args.sft_steps,
                                cache=ROOT / "cache" / "sft",
                                goal_marker_radius=args.goal_marker_radius,
@@ -95,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         "learner_node": {"checkpoint": ckpt, "tasks": f"[{args.task}]",
                          "adapter_root": run / "adapters", "store_root": run / "rollouts",
                          "group_size": args.group_size}}
+    if n_obs > 1:      # observation history: the sim as a robot, a streaming camera, a clock
+        print(f"{ckpt.name} conditions on {n_obs} observation steps: sim_node runs in wall time "
+              "with its camera streaming at 40 Hz, policy_node decides on its clock")
+        ov["sim_node"] |= {"pace": "wall", "camera_hz": 40.0}
+        ov["policy_node"]["decision_period_s"] = -1.0
     ov = {n: {k: str(v) for k, v in d.items()} for n, d in ov.items()}
     print(f"closed loop: {args.groups} groups x G={args.group_size} of {args.task}; logs in "
           f"{run / 'logs'}", flush=True)

@@ -197,7 +197,8 @@ class EpisodeManagerNode(Node):
                      "executed": msg.executed_steps} | ({
                 "chunk_index": msg.chunk_index, "actions": np.asarray(
                     msg.normalized_actions, np.float32).reshape(Ta, Da)} if msg.operator_steps
-                else {"chains": np.asarray(msg.chain, np.float32).reshape(-1, Ta, Da),
+                else {"chains": np.asarray(msg.chain, np.float32).reshape(  # (K'+1, Ta, Da):
+                    len(msg.step_timesteps) + 1, -1, Da),  # To-1 rows more than the actions
                       "log_probs": np.asarray(msg.log_probs, np.float32)})
         except (rc.BadImage, ValueError) as e:
             return self.get_logger().error(f"chunk {msg.chunk_index} of {msg.episode_id} "

@@ -1,7 +1,8 @@
 """sim_node: a Meta-World (MuJoCo) scene on the robot's topics.
 
 Publishes   image_raw (sensor_msgs/Image rgb8, sensor-data QoS) and camera_info at decision points
-            (after a reset and whenever the queued actions run out), at `idle_image_hz` otherwise;
+            (after a reset and whenever the queued actions run out), at `idle_image_hz` otherwise,
+            and with `camera_hz` > 0 also at that rate throughout, as a streaming camera;
             joint_states (names + positions) every control step; success and done (std_msgs/Bool,
             latched; done = success or out of steps, the episode's end as the simulator sees it);
             /clock (rosgraph_msgs/Clock) when `publish_clock` is true.
@@ -55,6 +56,9 @@ class SimNode(Node):
         self.pace = declare(self, "pace", "wall", "wall (real time) or fast (as fast as it can)")
         self.publish_clock = declare(self, "publish_clock", False, "publish /clock (sim time)")
         idle_hz = declare(self, "idle_image_hz", 2.0, "image rate while no actions run", 0.0, 60.0)
+        camera_hz = declare(self, "camera_hz", 0.0, "a streaming camera: frames at this rate, "
+                            "whatever runs (with pace wall; for a policy with observation history "
+                            "and decisions on a clock). 0: frames at decision points", 0.0, 200.0)
         simulated_operator = declare(self, "simulated_operator", False, "a simulated operator "
                                      "(the scripted expert) corrects exploring episodes")
         operator_cfg = OperatorConfig(**declare_settings(self, OperatorConfig))
@@ -85,6 +89,11 @@ class SimNode(Node):
         self.idle_period, self.last_image = 1.0 / idle_hz if idle_hz > 0 else 0.0, 0.0
         if idle_hz > 0:
             self.create_timer(self.idle_period, self.idle_image)
+        if camera_hz > 0:
+            if self.pace != "wall":
+                raise ValueError("camera_hz needs pace wall: a streaming camera's frames are "
+                                 "stamped as they are taken")
+            self.create_timer(1.0 / camera_hz, self.stream_image)
         with self.lock:
             self.scene.reset(0)
             self.publish_observation()
@@ -157,6 +166,12 @@ class SimNode(Node):
                 self.queue.clear()
                 if self.operator is None or not self.operator.pending:
                     self.publish_image()        # decision point (or end of episode)
+
+    def stream_image(self) -> None:
+        """A streaming robot: a frame, and the joint states (every step as well while it runs)."""
+        with self.lock:
+            self.publish_joints()
+            self.publish_image()
 
     def idle_image(self) -> None:
         """A frame while no actions run, once a whole idle period has passed without one: a
