@@ -167,3 +167,27 @@ def chunks_from_policy_node(tmp_path: Path, checkpoint: Path, executed_steps: in
     finally:
         client.close()
         launch.stop()
+
+
+def one_group_through_the_nodes(tmp_path: Path, overrides: dict, timeout: float = 240.0):
+    """sim_node, policy_node and episode_manager_node (sim_loop.yaml with `overrides`, whose
+    episode manager runs one group of 2 into its store_root) until that group is stored:
+    (its episodes, the nodes' log tails)."""
+    from tinyvla_grpo_ros.core.rollout_store import RolloutStore
+    from tinyvla_grpo_ros.launcher import Launch
+    ov = {n: {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in d.items()}
+          for n, d in overrides.items()}
+    launch = Launch(ROOT / "config" / "sim_loop.yaml", ov,
+                    only=["sim_node", "policy_node", "episode_manager_node"], log_dir=tmp_path)
+    store = RolloutStore(Path(ov["episode_manager_node"]["store_root"]))
+    log = lambda: "\n".join(p.read_text()[-1500:] for p in tmp_path.glob("*.log"))  # noqa
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            groups = store.groups("reach-v3")
+            if groups and len(store.episode_ids("reach-v3", groups[0])) == 2:
+                return store.read_group("reach-v3", groups[0]), log()
+            assert time.monotonic() < deadline and launch.poll() is None, log()
+            time.sleep(0.5)
+    finally:
+        launch.stop()

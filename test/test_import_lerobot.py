@@ -523,38 +523,19 @@ def Time_s(stamp) -> float:
 def test_a_history_policy_runs_the_sim_loop_with_a_streaming_camera(tmp_path):
     """sim_node as a robot: a camera streaming at 40 Hz in wall time, policy_node deciding on
     its clock from To = 2 steps, the episode manager storing chunks that carry both steps."""
-    import time
-
-    from ros_harness import ROOT
-
-    from tinyvla_grpo_ros.core.rollout_store import RolloutStore
-    from tinyvla_grpo_ros.launcher import Launch
+    from ros_harness import one_group_through_the_nodes
     c = dict(HIST_SHARED, To=2, Ds=9, Da=4, S=32, K=5, n_action=4)
     ckpt = tmp_path / "ckpt"
     assert import_main([str(write_lerobot_dir(tmp_path, c)), str(ckpt)]) == 0
-    ov = {"sim_node": {"image_size": 32, "max_steps": 40, "pace": "wall", "camera_hz": 40.0},
-          "policy_node": {"checkpoint": ckpt, "adapter_root": tmp_path / "adapters",
-                          "trainable_preset": "adapters", "decision_period_s": -1.0},
-          "episode_manager_node": {"group_size": 2, "num_groups": 1, "init_state_ids": "[4]",
-                                   "eval_init_state_ids": "[-1]", "max_episode_s": 30.0,
-                                   "max_chunks": 10, "store_root": tmp_path / "rollouts",
-                                   "panel_port": -1}}
-    ov = {n: {k: str(v) for k, v in d.items()} for n, d in ov.items()}
-    launch = Launch(ROOT / "config" / "sim_loop.yaml", ov,
-                    only=["sim_node", "policy_node", "episode_manager_node"], log_dir=tmp_path)
-    store = RolloutStore(tmp_path / "rollouts")
-    log = lambda: "\n".join(p.read_text()[-1500:] for p in tmp_path.glob("*.log"))  # noqa
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            groups = store.groups("reach-v3")
-            if groups and len(store.episode_ids("reach-v3", groups[0])) == 2:
-                break
-            assert time.monotonic() < deadline and launch.poll() is None, log()
-            time.sleep(0.5)
-        for e in store.read_group("reach-v3", groups[0]):
-            t = e.tensors
-            assert t["images"].shape[1:] == (2, 32, 32, 3) and t["states"].shape[1:] == (18,)
-            assert t["chains"].shape[0] >= 2, log()
-    finally:
-        launch.stop()
+    eps, logs = one_group_through_the_nodes(tmp_path, {
+        "sim_node": {"image_size": 32, "max_steps": 40, "pace": "wall", "camera_hz": 40.0},
+        "policy_node": {"checkpoint": ckpt, "adapter_root": tmp_path / "adapters",
+                        "trainable_preset": "adapters", "decision_period_s": -1.0},
+        "episode_manager_node": {"group_size": 2, "num_groups": 1, "init_state_ids": "[4]",
+                                 "eval_init_state_ids": "[-1]", "max_episode_s": 30.0,
+                                 "max_chunks": 10, "store_root": tmp_path / "rollouts",
+                                 "panel_port": -1}}, timeout=180)
+    for e in eps:
+        t = e.tensors
+        assert t["images"].shape[1:] == (2, 32, 32, 3) and t["states"].shape[1:] == (18,)
+        assert t["chains"].shape[0] >= 2, logs

@@ -1,18 +1,12 @@
 """The simulated operator through the nodes: sim_node's scripted expert presses policy_node's
 intervene and drives operator_action, exactly as a person's panel and teleop device would; the
 episode manager stores the corrections with the episode."""
-import time
-from pathlib import Path
-
 import torch
+from ros_harness import one_group_through_the_nodes
 
 from tinyvla_grpo_ros.core.checkpoint import save_checkpoint
 from tinyvla_grpo_ros.core.config import ModelConfig, SamplerConfig
 from tinyvla_grpo_ros.core.model import TinyVLAPolicy
-from tinyvla_grpo_ros.core.rollout_store import RolloutStore
-from tinyvla_grpo_ros.launcher import Launch
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_simulated_operator_corrects_a_random_policy_through_the_nodes(tmp_path):
@@ -28,35 +22,19 @@ def test_the_simulated_operator_corrects_a_random_policy_through_the_nodes(tmp_p
                                    "eval_init_state_ids": "[-1]", "max_episode_s": 60.0,
                                    "max_chunks": 20, "store_root": tmp_path / "rollouts",
                                    "panel_port": -1}}
-    ov = {n: {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in d.items()}
-          for n, d in ov.items()}
-    launch = Launch(ROOT / "config" / "sim_loop.yaml", ov,
-                    only=["sim_node", "policy_node", "episode_manager_node"], log_dir=tmp_path)
-    store = RolloutStore(tmp_path / "rollouts")
-    log = lambda: "\n".join(p.read_text()[-1500:] for p in tmp_path.glob("*.log"))  # noqa
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            groups = store.groups("reach-v3")
-            if groups and len(store.episode_ids("reach-v3", groups[0])) == 2:
-                break
-            assert time.monotonic() < deadline and launch.poll() is None, log()
-            time.sleep(0.5)
-        eps = store.read_group("reach-v3", groups[0])
-        corrected = [e for e in eps if e.corrected_steps]
-        assert corrected, f"no episode was corrected\n{log()}"
-        for e in corrected:
-            t = e.tensors
-            why = f"{e.corrected_steps} steps, {t['op_executed'].tolist()}\n{log()}"
-            assert e.reward == 0.0, why                 # a correction is the policy's failure
-            assert t["op_actions"].shape[1:] == (mcfg.horizon, 4), why
-            # one corrected chunk per operator decision (4 steps each), within the budget
-            # (the rule hands back once it is spent: at most one chunk past it)
-            assert len(t["op_executed"]) * 4 == e.corrected_steps <= 24 + 4, why
-            assert (t["op_executed"] <= mcfg.horizon).all(), why
-            assert torch.isfinite(t["op_actions"]).all()
-            assert t["chains"].shape[0] >= 1            # the policy's own chunks, beside
-        assert "intervene service: operator in control" in (
-            tmp_path / "policy_node.log").read_text(), log()
-    finally:
-        launch.stop()
+    eps, logs = one_group_through_the_nodes(tmp_path, ov)
+    corrected = [e for e in eps if e.corrected_steps]
+    assert corrected, f"no episode was corrected\n{logs}"
+    for e in corrected:
+        t = e.tensors
+        why = f"{e.corrected_steps} steps, {t['op_executed'].tolist()}\n{logs}"
+        assert e.reward == 0.0, why                 # a correction is the policy's failure
+        assert t["op_actions"].shape[1:] == (mcfg.horizon, 4), why
+        # one corrected chunk per operator decision (4 steps each), within the budget
+        # (the rule hands back once it is spent: at most one chunk past it)
+        assert len(t["op_executed"]) * 4 == e.corrected_steps <= 24 + 4, why
+        assert (t["op_executed"] <= mcfg.horizon).all(), why
+        assert torch.isfinite(t["op_actions"]).all()
+        assert t["chains"].shape[0] >= 1            # the policy's own chunks, beside
+    assert "intervene service: operator in control" in (
+        tmp_path / "policy_node.log").read_text(), logs
