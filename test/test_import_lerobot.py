@@ -539,3 +539,14 @@ def test_a_history_policy_runs_the_sim_loop_with_a_streaming_camera(tmp_path):
         t = e.tensors
         assert t["images"].shape[1:] == (2, 32, 32, 3) and t["states"].shape[1:] == (18,)
         assert t["chains"].shape[0] >= 2, logs
+
+
+def test_the_demo_names_a_checkpoint_it_cannot_read_and_starts_nothing(tmp_path, capsys):
+    from tinyvla_grpo_ros.demo import main as demo
+    assert demo(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    assert "config.json missing" in capsys.readouterr().out
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"model": {"horizon": "eight"}}')
+    assert demo(["--checkpoint", str(tmp_path / "broken"), "--out", str(tmp_path / "r")]) == 2
+    assert "broken/config.json: bad config" in capsys.readouterr().out
+    assert not (tmp_path / "r").exists()

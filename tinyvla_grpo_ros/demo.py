@@ -24,8 +24,8 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
 from .core.adapters import AdapterConfig
-from .core.checkpoint import stored_sampler_config
-from .core.config import ModelConfig, SamplerConfig
+from .core.checkpoint import read_configs
+from .core.config import SamplerConfig
 from .core.intervals import paired_interval, wilson_interval
 from .launcher import Launch, node_sections
 from .sim.evaluate import evaluate_versions
@@ -64,11 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if args.checkpoint is not None:
         ckpt = args.checkpoint.resolve()
-        saved = json.loads((ckpt / "config.json").read_text())
-        n_obs = ModelConfig.from_dict(saved["model"]).n_obs_steps
+        try:
+            mcfg, scfg = read_configs(ckpt)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"--checkpoint: {e}")
+            return 2
+        n_obs = mcfg.n_obs_steps
         # an imported policy executes what its source executed, not sim_loop.yaml's 4
-        executed = {"executed_steps": stored_sampler_config(saved.get("sampler", {}))
-                    .executed_steps or ModelConfig.from_dict(saved["model"]).horizon}
+        executed = {"executed_steps": scfg.executed_steps or mcfg.horizon - mcfg.action_offset}
     else:
         executed, n_obs = {}, 1
         ckpt = build_sft_start(args.task, args.demos, args.sft_steps,

@@ -72,15 +72,23 @@ def stored_sampler_config(stored: dict[str, Any]) -> SamplerConfig:
                                     if k not in SamplerConfig.ADOPTED})
 
 
-def read_sampler_config(directory: Path) -> SamplerConfig:
-    """The sampler config a checkpoint was saved with (config.json only, no weights)."""
+def read_configs(directory: Path) -> tuple[ModelConfig, SamplerConfig]:
+    """The model and sampler configs a checkpoint was saved with (config.json only, no
+    weights)."""
     cfg_path = Path(directory) / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no checkpoint at {directory} (config.json missing)")
     try:
-        return stored_sampler_config(json.loads(cfg_path.read_text()).get("sampler", {}))
-    except (ValueError, TypeError, AttributeError) as e:
-        raise ValueError(f"{cfg_path}: bad sampler config: {e}") from e
+        data = json.loads(cfg_path.read_text())
+        return (ModelConfig.from_dict(data["model"]),
+                stored_sampler_config(data.get("sampler", {})))
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise ValueError(f"{cfg_path}: bad config: {e!r}") from e
+
+
+def read_sampler_config(directory: Path) -> SamplerConfig:
+    """The sampler config a checkpoint was saved with (config.json only, no weights)."""
+    return read_configs(directory)[1]
 
 
 def load_checkpoint(directory: Path, map_location: str | torch.device = "cpu"
