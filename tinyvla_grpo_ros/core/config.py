@@ -333,8 +333,8 @@ class PolicyNodeConfig:
     future_tolerance_s: float = setting(0.5, "max time an input's stamp may lie ahead of this "
                                         "node's clock (unsynchronized clocks)", lo=0.0, hi=60.0)
     history_gap_s: float = setting(0.1, "a policy with observation history (n_obs_steps > 1): "
-                                   "max age of the frame or joint reading that stands for an "
-                                   "earlier control step, behind that step", lo=0.0, hi=60.0)
+                                   "max time between an earlier control step and the frame or "
+                                   "joint reading stamped nearest to it", lo=0.0, hi=60.0)
     image_fit: str = setting("crop", "how a non-square camera frame becomes the model's square "
                              "input: center crop or pad (as the SFT data were made)",
                              choices=("crop", "pad"))

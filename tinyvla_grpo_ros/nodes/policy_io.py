@@ -137,11 +137,11 @@ class Inputs:
         oldest = Time(nanoseconds=int(min(stamps + [joint_stamp]) * 1e9))
         if not self.history:
             return DecisionObservation(np.stack(imgs), state, oldest, used, state)
-        return self.with_history(oldest, state)
+        return self.with_history(DecisionObservation(np.stack(imgs), state, oldest, used, state))
 
-    def with_history(self, oldest: Time, current: np.ndarray) -> DecisionObservation | str:
-        """The To steps of every camera and of the joints (the current step's inputs are
-        their histories' newest readings)."""
+    def with_history(self, now: DecisionObservation) -> DecisionObservation | str:
+        """The current step's observation `now` preceded by the To - 1 earlier steps of every
+        camera and of the joints (the readings their histories hold nearest to each step)."""
         steps = {}
         for key, h in self.history.items():
             what = "joint_states" if key == "joint_states" else f"camera {key}"
@@ -150,7 +150,7 @@ class Inputs:
                 return got
             steps[key] = got
         frames, used = [], []
-        for k in range(self.n_obs):
+        for k in range(self.n_obs - 1):                    # the earlier steps, oldest first
             for topic in self.cameras:
                 msg = steps[topic][k]
                 try:
@@ -159,10 +159,11 @@ class Inputs:
                     return f"bad image on {topic}: {e}"
                 frames.append(img)
                 used.append(numpy_to_image(img, msg.header.stamp, msg.header.frame_id))
-        states = np.concatenate(steps["joint_states"])
+        states = np.concatenate(steps["joint_states"][:-1] + [now.state])
         if not np.all(np.isfinite(states)):
             return f"non-finite joint positions in the observation history {states.tolist()}"
-        return DecisionObservation(np.stack(frames), states, oldest, used, current)
+        return DecisionObservation(np.concatenate([np.stack(frames), now.images]), states,
+                                   now.oldest, used + now.used, now.state)
 
 
 def chunk_message(chunk: Chunk, actions: np.ndarray, sampler: DiffusionSampler, adapter: str,
