@@ -380,6 +380,9 @@ def test_export_keeps_history_resize_and_crop_as_lerobot_reads_them(tmp_path):
      "n_action_steps = 8 is not supported: at most horizon - n_obs_steps + 1 = 7"),
     ({"config": {"vision_backbone": "resnet34"}}, "vision_backbone = 'resnet34'"),
     ({"config": {"resize_shape": [48, 64]}}, "resize_shape = [48, 64] is not supported: a square"),
+    ({"config": {"resize_shape": 48}}, "resize_shape = 48 is not supported: a square"),
+    ({"config": {"resize_shape": [48, 48], "crop_ratio": "0.9"}},
+     "crop_ratio = '0.9' is not supported: a number in (0, 1]"),
     ({"config": {"prediction_type": "sample"}}, "prediction_type = 'sample'"),
     ({"nan": "diffusion.unet.final_conv.1.weight"},
      "model.safetensors: tensor 'diffusion.unet.final_conv.1.weight' is not finite"),
@@ -388,7 +391,8 @@ def test_export_keeps_history_resize_and_crop_as_lerobot_reads_them(tmp_path):
     ({"shape": "diffusion.rgb_encoder.pool.out.weight"}, None),
     ({"extra": "diffusion.unet.something_new.weight"},
      "neither used nor known to be ignorable, e.g. ['diffusion.unet.something_new.weight']"),
-], ids=["history", "backbone", "resize", "prediction", "nan", "missing", "shape", "extra"])
+], ids=["history", "backbone", "resize", "resize-int", "crop-ratio", "prediction", "nan",
+        "missing", "shape", "extra"])
 def test_what_cannot_be_imported_is_refused_by_name_and_nothing_is_written(tmp_path, edit, words):
     c = V03
     tensors = lerobot_tensors(c)

@@ -82,12 +82,14 @@ def model_config(cfg: dict, path: Path) -> tuple[ModelConfig, SamplerConfig, lis
                       f"{beta} only with diffusers' defaults {DEFAULT_BETAS}")
     resize, crop = get("resize_shape"), get("crop_shape")
     if resize is not None:
-        if len(resize) != 2 or resize[0] != resize[1] or int(resize[0]) < 1:
+        if _square_side(resize) is None:
             raise _refuse(path, "resize_shape", resize, "a square resize")
-        ratio = float(get("crop_ratio", 1.0))     # LeRobot derives crop_shape from it then
+        ratio = get("crop_ratio", 1.0)            # LeRobot derives crop_shape from it then
+        if not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+            raise _refuse(path, "crop_ratio", ratio, "a number in (0, 1]")
         crop = [int(resize[0] * ratio)] * 2 if ratio < 1.0 else None
-    side = int(resize[0]) if resize is not None else h
-    if crop is not None and (len(crop) != 2 or crop[0] != crop[1] or not 0 < crop[0] <= side):
+    side = _square_side(resize) if resize is not None else h
+    if crop is not None and not 0 < (_square_side(crop) or 0) <= side:
         raise _refuse(path, "crop_shape", crop, "a square crop no larger than the (resized) "
                       "image")
     try:
@@ -226,6 +228,13 @@ def import_lerobot(src: Path) -> tuple[torch.nn.Module, SamplerConfig, dict]:
     model.load_state_dict(state, strict=True)
     return model.eval(), scfg, {"source": "lerobot", "source_dir": str(src.resolve()),
                                 "cameras": cams, "n_action_steps": scfg.executed_steps}
+
+
+def _square_side(shape) -> int | None:
+    """The side of a square [S, S] shape with S >= 1, else None."""
+    ok = isinstance(shape, (list, tuple)) and len(shape) == 2 and shape[0] == shape[1] and \
+        isinstance(shape[0], int) and shape[0] >= 1
+    return shape[0] if ok else None
 
 
 def _crop_ratio(crop: int, resize: int) -> float:
