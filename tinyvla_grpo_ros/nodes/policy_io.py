@@ -14,6 +14,7 @@ from sensor_msgs.msg import Image, JointState
 from tinyvla_grpo_interfaces.msg import ActionChunk, EpisodeState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from ..core.config import ModelConfig, PolicyNodeConfig
 from ..core.inputs import Freshness, JointTable, fit_image, image_prep
 from ..core.observation_history import StampedHistory, history_steps
 from ..core.safety import ActionLimits
@@ -38,15 +39,19 @@ class Inputs:
     messages of those frames: what the model saw is what the chunk carries and the store
     keeps, whatever the camera's resolution. With n_obs_steps To > 1 every frame and complete
     joint reading of the episode is kept by stamp (core/observation_history.py) and a decision
-    takes the To steps one control period `control_dt` apart."""
+    takes the To steps one control period (1 / control_rate_hz) apart."""
 
     def __init__(self, cameras: list[str], joint_names: list[str], fresh: Freshness,
                  size: int, fit: str, tasks: list[str], limits: ActionLimits,
-                 action_names: list[str], model_cfg=None, control_dt: float = 0.0125,
-                 history_gap_s: float = 0.1, decision_period_s: float = -1.0) -> None:
+                 action_names: list[str], model_cfg: ModelConfig | None = None,
+                 node_cfg: PolicyNodeConfig | None = None) -> None:
+        """model_cfg: how frames are prepared and how many observation steps are kept (None:
+        the package's own, one step); node_cfg: the control period, history gap and decision
+        period (None: the defaults)."""
         n_obs_steps = model_cfg.n_obs_steps if model_cfg is not None else 1
         self.prep = image_prep(model_cfg) if model_cfg is not None else {}
-        if n_obs_steps > 1 and decision_period_s == 0:
+        node_cfg = node_cfg or PolicyNodeConfig()
+        if n_obs_steps > 1 and node_cfg.decision_period_s == 0:
             raise ValueError(f"the policy conditions on {n_obs_steps} observation steps, one "
                              "control period apart: it needs frames stamped as they were taken "
                              "and decisions on a clock (decision_period_s -1 or > 0), not one "
@@ -58,8 +63,9 @@ class Inputs:
         self.joints = JointTable()
         self.last_good: np.ndarray | None = None              # joint state of the last decision
         self.joint_problem = ""                               # the last JointState's, if bad
-        self.n_obs, self.dt, self.gap = n_obs_steps, control_dt, history_gap_s
-        span = (n_obs_steps - 1) * control_dt
+        self.n_obs, self.dt = n_obs_steps, 1.0 / node_cfg.control_rate_hz
+        self.gap = node_cfg.history_gap_s
+        span = (n_obs_steps - 1) * self.dt
         self.history = {k: StampedHistory(span) for k in [*cameras, "joint_states"]} \
             if n_obs_steps > 1 else {}
 

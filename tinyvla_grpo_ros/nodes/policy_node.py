@@ -68,8 +68,7 @@ class PolicyNode(Node):
         self.gen, self.inputs = torch.Generator().manual_seed(cfg.seed), policy_io.Inputs(
             self.cameras, self.joint_names, Freshness(cfg.stale_after_s, cfg.future_tolerance_s),
             self.runtime.policy.model.config.image_size, cfg.image_fit, self.tasks, self.limits,
-            self.action_names, self.runtime.policy.model.config, self.control_dt,
-            cfg.history_gap_s, cfg.decision_period_s)
+            self.action_names, self.runtime.policy.model.config, cfg)
         self.episode, self.estop, self.chunk_index = EpisodeState(), False, 0
         self.last_decision_stamp: dict[str, int] = {}   # camera stamps of the last decision
         self.missed_for, self.image_arrival, self.busy = {}, time.monotonic(), threading.Lock()
